@@ -19,7 +19,9 @@ def parse_attack(text: str) -> FGSMSpec | PGDSpec:
     name, _, rest = text.strip().partition(":")
     name = name.strip().lower()
     if name not in KNOWN_ATTACKS:
-        raise AttackSyntaxError(f"unknown attack {name!r} in {text!r}; known attacks: {', '.join(KNOWN_ATTACKS)}")
+        raise AttackSyntaxError(
+            f"unknown attack {name!r} in {text!r}; known attacks: {', '.join(KNOWN_ATTACKS)}"
+        )
     fields: dict[str, str | list[str]] = {}
     last_key: str | None = None
     for token in filter(None, (t.strip() for t in rest.split(","))):
@@ -47,7 +49,9 @@ def describe_validation_error(exc: ValidationError) -> str:
     problem = exc.errors()[0]
     # The discriminator ("pgd"/"fgsm") is part of the location pydantic reports; users never typed it.
     # So is the union branch pydantic tried ("constrained-float", "list[...]"): keep field names and indices.
-    parts = [str(p) for p in problem["loc"] if p not in KNOWN_ATTACKS and (isinstance(p, int) or p.isidentifier())]
+    parts = [
+        str(p) for p in problem["loc"] if p not in KNOWN_ATTACKS and (isinstance(p, int) or p.isidentifier())
+    ]
     loc = ".".join(parts) or "value"
     if problem["type"] == "extra_forbidden":
         return f"{loc!r} is not a field of this attack"

@@ -11,6 +11,8 @@ from service.settings import Settings
 
 VALIDATE_MODEL = "parry.validate_model"
 RUN_EVALUATION = "parry.run_evaluation"
+# One shard of a sharded evaluation; its argument is "<job id>:<shard index>" (workers/shards.py).
+RUN_EVALUATION_SHARD = "parry.run_evaluation_shard"
 RUN_TRAINING = "parry.run_training"
 DELIVER_CALLBACK = "parry.deliver_callback"
 
@@ -18,7 +20,7 @@ QUEUE = "parry"
 
 
 def broker_url(settings: Settings) -> str:
-    """The Redis URL; `parry serve` exports PARRY_REDIS_URL for its children when it starts a bundled Redis."""
+    """The Redis URL; `parry serve` exports PARRY_REDIS_URL to its children when it starts a bundled Redis."""
     if not settings.redis_url:
         raise RuntimeError(
             "PARRY_REDIS_URL is not set: run `parry serve` (which starts a bundled Redis) "

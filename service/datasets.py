@@ -73,7 +73,9 @@ def load_npz(path: Path) -> ArrayDataset:
         raise
     except ValueError as exc:
         if "pickle" in str(exc).lower():
-            raise DatasetError("the .npz holds object arrays (pickles), which are refused; save numeric arrays") from exc
+            raise DatasetError(
+                "the .npz holds object arrays (pickles), which are refused; save numeric arrays"
+            ) from exc
         raise DatasetError(f"{path.name} is not a readable .npz file: {exc}") from exc
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DatasetError(f"{path.name} is not a readable .npz file") from exc
@@ -136,7 +138,9 @@ def load_builtin(ref: str) -> ArrayDataset:
     if split is not None:
         order = np.random.default_rng(_SPLIT_SEED).permutation(len(x))
         cut = int(round(_TRAIN_FRACTION * len(x)))
-        idx = np.sort(order[:cut] if split == "train" else order[cut:])
+        # Keep the permuted order: the packaged arrays are sorted by class, and a split whose first N
+        # samples are all zeros would make `max_samples` evaluate one class only.
+        idx = order[:cut] if split == "train" else order[cut:]
         x, y = x[idx], y[idx]
     return from_arrays(x, y, name=ref)
 

@@ -27,7 +27,7 @@ class _AttackSpecBase(_Spec):
     target: int | None = Field(
         default=None,
         ge=0,
-        description="Target class of a targeted attack; null picks a seeded random class other than the label.",
+        description="Target class of a targeted attack; null: a seeded random class other than the label.",
     )
 
     @field_validator("eps")
@@ -90,12 +90,47 @@ class EvaluationOptions(_Spec):
         return value
 
 
+class Threshold(_Spec):
+    """A pass/fail bar on one attack's robust accuracy (what `parry check` sets); it changes no result."""
+
+    attack: int = Field(ge=0, description="Index of the attack in `attacks`.")
+    eps: float | None = Field(default=None, description="One eps of that attack; null: each of its eps.")
+    min_robust_accuracy: float = Field(ge=0, le=1, allow_inf_nan=False)
+    use_lower_bound: bool = Field(
+        default=False,
+        description="The lower bound of the 95% (Wilson) interval, not the estimate, must clear the bar.",
+    )
+    name: str | None = Field(default=None, max_length=200, description="The check's name in reports.")
+
+
 class EvaluationSpec(EvaluationOptions):
     """Body of `POST /v1/evaluations`."""
 
     model_id: str = Field(min_length=1, max_length=200)
     dataset_id: str = Field(min_length=1, max_length=200)
     callback_url: str | None = Field(default=None, max_length=2000)
+    no_cache: bool = Field(
+        default=False,
+        description="Run even when the same model bytes, data, attacks and seed already have a result.",
+    )
+    thresholds: list[Threshold] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Pass/fail bars the junit and markdown reports judge the result against.",
+    )
+
+    @model_validator(mode="after")
+    def _thresholds_name_attacks(self) -> EvaluationSpec:
+        for threshold in self.thresholds:
+            if threshold.attack >= len(self.attacks):
+                raise ValueError(
+                    f"threshold for attack {threshold.attack}, but there are only {len(self.attacks)} attacks"
+                )
+            if threshold.eps is not None and threshold.eps not in self.attacks[threshold.attack].eps_values():
+                raise ValueError(
+                    f"threshold for eps {threshold.eps:g}, which attack {threshold.attack} does not run"
+                )
+        return self
 
 
 class Progress(BaseModel):
@@ -124,6 +159,9 @@ class AttackResult(BaseModel):
     eps: float
     spec: dict[str, Any]
     robust_accuracy: float
+    robust_accuracy_ci95: tuple[float, float] | None = Field(
+        default=None, description="95% Wilson interval of robust_accuracy for this many samples."
+    )
     attack_success_rate: float
     num_attacked: int = Field(description="Samples attacked: those classified correctly when clean.")
     mean_perturbation: Perturbation
@@ -140,6 +178,9 @@ class WorstCaseResult(BaseModel):
     eps: float
     attacks: list[str]
     robust_accuracy: float
+    robust_accuracy_ci95: tuple[float, float] | None = Field(
+        default=None, description="95% Wilson interval of robust_accuracy for this many samples."
+    )
     per_class_robust_accuracy: dict[str, float]
 
 
@@ -156,4 +197,143 @@ class EvaluationResult(BaseModel):
     seed: int
     input_range: tuple[float, float] = (0.0, 1.0)
     seconds: float = 0.0
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+# Adversarial training
+
+TrainingMethod = Literal["pgd", "fgsm-rs", "trades"]
+LearningRateSchedule = Literal["constant", "cosine", "onecycle"]
+
+
+class TrainingOptions(_Spec):
+    """What an adversarial training does, independent of where the model and the data come from."""
+
+    method: TrainingMethod = Field(
+        description="pgd (Madry et al.), fgsm-rs (FGSM from a random start, Wong et al.) "
+        "or trades (Zhang et al.)."
+    )
+    eps: float = Field(gt=0, allow_inf_nan=False, description="Training perturbation budget in `norm`.")
+    norm: Norm = "linf"
+    steps: int = Field(default=10, ge=1, le=200, description="Inner attack steps (pgd, trades).")
+    step_size: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Inner step at full eps; default 1.25*eps for fgsm-rs, 2.5*eps/steps otherwise. "
+        "It shrinks with eps during the ramp-up.",
+    )
+    epochs: int = Field(default=10, ge=1, le=1000)
+    batch_size: int = Field(default=128, ge=1, le=65_536)
+    learning_rate: float = Field(default=1e-3, gt=0, le=10, allow_inf_nan=False, description="Adam's.")
+    lr_schedule: LearningRateSchedule = Field(
+        default="constant",
+        description="constant, cosine decay to 0, or onecycle (linear up to learning_rate, then down to 0); "
+        "onecycle with learning_rate 0.005 is the recipe Wong et al. pair with fgsm-rs.",
+    )
+    eps_ramp_epochs: float | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        allow_inf_nan=False,
+        description="Epochs over which the training eps rises linearly from 0; default a third of `epochs`.",
+    )
+    beta: float = Field(
+        default=6.0, ge=0, le=1000, allow_inf_nan=False, description="TRADES weight of the KL term."
+    )
+    clean_fraction: float = Field(
+        default=0.0, ge=0, le=1, description="pgd only: fraction of each batch trained on clean examples."
+    )
+    early_stop_patience: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Stop after this many epochs without a better robust accuracy.",
+    )
+    overfit_guard: bool | None = Field(
+        default=None,
+        description="Roll back to the best epoch and stop when validation PGD accuracy collapses; "
+        "default on for fgsm-rs only.",
+    )
+    validation_steps: int = Field(default=10, ge=1, le=200, description="PGD steps of the per-epoch check.")
+    validation_samples: int | None = Field(
+        default=1000, ge=1, description="Validation samples checked each epoch; null for all."
+    )
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    input_range: tuple[float, float] = (0.0, 1.0)
+    evaluate: list[AttackSpec] = Field(default_factory=list, max_length=64)
+
+    @field_validator("input_range")
+    @classmethod
+    def _range_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = value
+        if not lo < hi:
+            raise ValueError("input_range must be [low, high] with low < high")
+        return value
+
+    @model_validator(mode="after")
+    def _method_options(self) -> TrainingOptions:
+        if self.clean_fraction > 0 and self.method != "pgd":
+            raise ValueError("clean_fraction is only used by method pgd")
+        if self.clean_fraction >= 1:
+            raise ValueError(
+                "clean_fraction must be below 1: a batch of clean examples only is not adversarial"
+            )
+        return self
+
+    def ramp_epochs(self) -> float:
+        return self.eps_ramp_epochs if self.eps_ramp_epochs is not None else self.epochs / 3
+
+    def guard_enabled(self) -> bool:
+        return self.overfit_guard if self.overfit_guard is not None else self.method == "fgsm-rs"
+
+    def step_size_at_full_eps(self) -> float:
+        if self.step_size is not None:
+            return self.step_size
+        return 1.25 * self.eps if self.method == "fgsm-rs" else 2.5 * self.eps / self.steps
+
+
+class TrainingSpec(TrainingOptions):
+    """Body of `POST /v1/trainings`."""
+
+    model_id: str = Field(min_length=1, max_length=200)
+    dataset_id: str = Field(min_length=1, max_length=200)
+    validation_dataset_id: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Default: 10% of the training data, held out."
+    )
+    callback_url: str | None = Field(default=None, max_length=2000)
+
+
+class EpochRecord(BaseModel):
+    """One epoch of adversarial training; accuracies are on the validation samples."""
+
+    epoch: int = Field(description="1-based.")
+    loss: float = Field(description="Mean training loss over the epoch's batches.")
+    train_accuracy: float = Field(description="Accuracy on the epoch's training inputs (adversarial ones).")
+    clean_accuracy: float
+    robust_accuracy: float = Field(description="Under PGD (validation_steps) at the full training eps.")
+    eps: float = Field(description="Training eps at the end of the epoch (below the target during the ramp).")
+    learning_rate: float = Field(description="Learning rate of the epoch's last batch.")
+    seconds: float
+
+
+class TrainingResult(BaseModel):
+    method: TrainingMethod
+    history: list[EpochRecord]
+    best_epoch: int | None = Field(description="The epoch whose weights were exported (1-based).")
+    epochs_completed: int
+    stopped_early: bool = False
+    rolled_back: bool = False
+    notes: list[str] = Field(default_factory=list)
+    before: EvaluationResult | None = None
+    after: EvaluationResult | None = None
+    num_train_samples: int
+    num_validation_samples: int
+    seconds: float = Field(description="Wall time of all runs of this job, resumed ones included.")
+    resumed: bool = Field(default=False, description="This run continued from a checkpoint.")
+    model_sha256: str
+    train_dataset_sha256: str
+    validation_dataset_sha256: str
+    seed: int
+    model_id: str | None = Field(default=None, description="The registered robustified model.")
     versions: dict[str, str] = Field(default_factory=dict)

@@ -13,10 +13,21 @@ def _pct(value: float) -> str:
 
 def result_table(result: EvaluationResult) -> Table:
     table = Table(
-        title=f"{result.num_samples} samples, clean accuracy {_pct(result.clean_accuracy)}, seed {result.seed}",
+        title=(
+            f"{result.num_samples} samples, clean accuracy {_pct(result.clean_accuracy)}, seed {result.seed}"
+        ),
         title_justify="left",
     )
-    for column in ("attack", "norm", "eps", "robust acc", "success rate", "mean L∞", "mean L2", "fwd+bwd/sample"):
+    for column in (
+        "attack",
+        "norm",
+        "eps",
+        "robust acc",
+        "success rate",
+        "mean L∞",
+        "mean L2",
+        "fwd+bwd/sample",
+    ):
         table.add_column(column, justify="left" if column in ("attack", "norm") else "right")
     table.add_column("samples/s", justify="right")
     for row in result.attacks:
@@ -34,7 +45,15 @@ def result_table(result: EvaluationResult) -> Table:
     for worst in result.worst_case:
         if len(worst.attacks) > 1:
             table.add_row(
-                "worst case", worst.norm, f"{worst.eps:g}", _pct(worst.robust_accuracy), "", "", "", "", "",
+                "worst case",
+                worst.norm,
+                f"{worst.eps:g}",
+                _pct(worst.robust_accuracy),
+                "",
+                "",
+                "",
+                "",
+                "",
                 style="bold",
             )
     return table

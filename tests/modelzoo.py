@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tarfile
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,7 +12,9 @@ import numpy as np
 from service.datasets import ArrayDataset
 
 
-def small_cnn(input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 10, *, softmax: bool = False) -> Any:
+def small_cnn(
+    input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 10, *, softmax: bool = False
+) -> Any:
     """Conv32-Pool-Conv64-Pool-Dense128-Dense10: the network of the benchmarks."""
     import keras
 
@@ -26,7 +31,9 @@ def small_cnn(input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 10,
     return keras.Sequential(layers, name="small_cnn")
 
 
-def train_clean(model: Any, data: ArrayDataset, *, epochs: int = 2, batch_size: int = 100, seed: int = 0) -> Any:
+def train_clean(
+    model: Any, data: ArrayDataset, *, epochs: int = 2, batch_size: int = 100, seed: int = 0
+) -> Any:
     """Plain (non-adversarial) training; deterministic for a given seed."""
     import keras
 
@@ -43,7 +50,6 @@ def train_clean(model: Any, data: ArrayDataset, *, epochs: int = 2, batch_size: 
 
 def with_softmax_head(model: Any) -> Any:
     """The same network and weights, ending in a softmax: outputs probabilities instead of logits."""
-    import keras
 
     clone = small_cnn(tuple(model.input_shape[1:]), int(model.output_shape[-1]), softmax=True)
     clone.set_weights(model.get_weights())
@@ -53,3 +59,50 @@ def with_softmax_head(model: Any) -> Any:
 def accuracy(model: Any, data: ArrayDataset) -> float:
     pred = np.argmax(model.predict(data.x, batch_size=500, verbose=0), axis=1)
     return float((pred == data.y).mean())
+
+
+def zip_dir(src: Path, dest: Path, *, top: str | None = None) -> Path:
+    """Zip a folder's content at the archive root, or inside one `top` folder."""
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(src.rglob("*")):
+            rel = p.relative_to(src).as_posix()
+            zf.write(p, f"{top}/{rel}" if top else rel)
+    return dest
+
+
+def tar_dir(src: Path, dest: Path, *, top: str | None = None) -> Path:
+    """A .tar.gz of a folder's content at the archive root, or inside one `top` folder."""
+    with tarfile.open(dest, "w:gz") as tf:
+        tf.add(src, arcname=top or ".")
+    return dest
+
+
+def export_model_files(model: Any, dest: Path) -> dict[str, Path]:
+    """The same trained network in every upload format, with and without a softmax head.
+
+    Keys: saved_model_dir, saved_model_zip, saved_model_tgz, keras, h5, keras_softmax, h5_softmax,
+    saved_model_softmax_zip.
+    """
+    import warnings
+
+    soft = with_softmax_head(model)
+    files: dict[str, Path] = {}
+    files["saved_model_dir"] = dest / "saved_model"
+    model.export(files["saved_model_dir"], verbose=False)
+    files["saved_model_zip"] = zip_dir(files["saved_model_dir"], dest / "saved_model.zip")
+    files["saved_model_tgz"] = tar_dir(files["saved_model_dir"], dest / "saved_model.tar.gz", top="model")
+    soft_dir = dest / "saved_model_softmax"
+    soft.export(soft_dir, verbose=False)
+    files["saved_model_softmax_zip"] = zip_dir(soft_dir, dest / "saved_model_softmax.zip", top="model")
+    files["keras"] = dest / "model.keras"
+    model.save(files["keras"])
+    files["keras_softmax"] = dest / "softmax.keras"
+    soft.save(files["keras_softmax"])
+    with warnings.catch_warnings():
+        # Keras calls HDF5 "legacy" and says so on every save; the format is still accepted.
+        warnings.simplefilter("ignore", UserWarning)
+        files["h5"] = dest / "model.h5"
+        model.save(files["h5"])
+        files["h5_softmax"] = dest / "softmax.h5"
+        soft.save(files["h5_softmax"])
+    return files

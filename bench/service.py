@@ -1,0 +1,241 @@
+"""Service figures: API start time and memory, job-read latency under load, submit-to-running, uploads.
+
+Prints figures; never passes or fails on time. Everything runs on loopback in a temporary data dir with a
+private redis-server, SQLite, the API as a uvicorn subprocess and one Celery worker.
+
+    python bench/service.py [--upload-mb 500] [--requests 3200] [--clients 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil  # type: ignore[import-untyped]
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"{url} did not answer 200 in {timeout} s")
+
+
+def loads_tensorflow(pid: int) -> bool:
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return "tensorflow" in maps
+
+
+def tiny_keras_model(path: Path) -> None:
+    import keras
+
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    outputs = keras.layers.Dense(10)(keras.layers.Flatten()(x))
+    keras.Model(inputs, outputs).save(path)
+
+
+def big_saved_model_zip(path: Path, size_mb: int) -> None:
+    """A SavedModel zip of about `size_mb` MB: a tiny model export plus incompressible padding."""
+    import keras
+
+    inputs = keras.Input((28, 28, 1))
+    model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
+    export = path.parent / "export"
+    model.export(str(export), verbose=False)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for item in sorted(export.rglob("*")):
+            if item.is_file():
+                zf.write(item, item.relative_to(export).as_posix())
+        with zf.open("assets/padding.bin", "w", force_zip64=True) as out:
+            chunk = os.urandom(1 << 20)
+            for _ in range(size_mb):
+                out.write(chunk)
+
+
+async def read_latency(base: str, job_id: str, *, clients: int, requests: int) -> list[float]:
+    times: list[float] = []
+    per_client = requests // clients
+
+    async def one(client: httpx.AsyncClient) -> None:
+        for _ in range(per_client):
+            start = time.perf_counter()
+            response = await client.get(f"/v1/jobs/{job_id}")
+            times.append(time.perf_counter() - start)
+            response.raise_for_status()
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+        await asyncio.gather(*(one(client) for _ in range(clients)))
+    return times
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class PeakRss(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.peak = self.proc.memory_info().rss
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.02):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--upload-mb", type=int, default=500)
+    parser.add_argument("--requests", type=int, default=3200)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--jobs", type=int, default=5, help="warm submit-to-running samples")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="parry-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        redis_port = free_port()
+        procs.append(
+            subprocess.Popen(
+                ["redis-server", "--port", str(redis_port), "--save", "", "--dir", str(work)],
+                stdout=subprocess.DEVNULL,
+            )
+        )
+        env = {
+            **os.environ,
+            "PARRY_DATA_DIR": str(work / "data"),
+            "PARRY_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+        env.pop("PARRY_DATABASE_URL", None)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        api_log = (work / "api.log").open("wb")
+        start = time.perf_counter()
+        api = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory", "--port", str(port),
+             "--no-access-log", "--log-level", "warning"],
+            env=env, cwd=ROOT, stdout=api_log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        procs.append(api)
+        wait_http(f"{base}/readyz")
+        api_start = time.perf_counter() - start
+        rss_idle = psutil.Process(api.pid).memory_info().rss
+        print(f"API start to /readyz 200: {api_start:.2f} s; RSS idle {rss_idle / 2**20:.0f} MiB")
+
+        worker_log = (work / "worker.log").open("wb")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool=solo",
+             "-Q", "parry", "-l", "info", "--without-mingle", "--without-gossip"],
+            env=env, cwd=ROOT, stdout=worker_log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        procs.append(worker)
+
+        model_path = work / "tiny.keras"
+        tiny_keras_model(model_path)
+        with httpx.Client(base_url=base, timeout=600) as client, model_path.open("rb") as fh:
+            model = client.post("/v1/models", files={"file": (model_path.name, fh)}).json()
+            deadline = time.monotonic() + 120
+            while client.get(f"/v1/models/{model['id']}").json()["status"] == "validating":
+                assert time.monotonic() < deadline, "model validation took too long"
+                time.sleep(0.1)
+            spec: dict[str, Any] = {
+                "model_id": model["id"],
+                "dataset_id": "builtin:mnist-5k:test",
+                "attacks": [{"name": "fgsm", "eps": 0.1}],
+                "max_samples": 32,
+            }
+
+            def run_one() -> dict[str, Any]:
+                job = client.post("/v1/evaluations", json=spec).json()
+                while (body := client.get(f"/v1/jobs/{job['id']}").json())["status"] in ("queued", "running"):
+                    time.sleep(0.01)
+                return dict(body)
+
+            run_one()  # warm: model loaded and attack compiled in the worker
+            delays = []
+            for _ in range(args.jobs):
+                body = run_one()
+                created = datetime.fromisoformat(body["created_at"])
+                started = datetime.fromisoformat(body["started_at"])
+                delays.append((started - created).total_seconds())
+            print(
+                f"submit -> running (warm worker, {args.jobs} jobs): "
+                f"median {statistics.median(delays) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms"
+            )
+            job_id = body["id"]
+
+        single = asyncio.run(read_latency(base, job_id, clients=1, requests=200))
+        print(f"GET /v1/jobs/{{id}}, 1 client, 200 requests: p50 {pct(single, 0.5) * 1000:.1f} ms")
+        times = asyncio.run(read_latency(base, job_id, clients=args.clients, requests=args.requests))
+        print(
+            f"GET /v1/jobs/{{id}}, {args.clients} concurrent clients, {len(times)} requests: "
+            f"p50 {pct(times, 0.5) * 1000:.1f} ms, p99 {pct(times, 0.99) * 1000:.1f} ms, "
+            f"{len(times) / sum(times) * args.clients:.0f} req/s"
+        )
+
+        if args.upload_mb:
+            big = work / "big_saved_model.zip"
+            big_saved_model_zip(big, args.upload_mb)
+            size = big.stat().st_size
+            peak = PeakRss(api.pid)
+            peak.start()
+            start = time.perf_counter()
+            with httpx.Client(base_url=base, timeout=600) as client, big.open("rb") as fh:
+                response = client.post("/v1/models", files={"file": (big.name, fh)})
+            seconds = time.perf_counter() - start
+            peak.done.set()
+            peak.join()
+            print(
+                f"upload of a {size / 2**20:.0f} MiB SavedModel zip: {response.status_code}, "
+                f"{seconds:.1f} s, {size / 2**20 / seconds:.0f} MiB/s; "
+                f"API peak RSS {peak.peak / 2**20:.0f} MiB"
+            )
+        tf_in_api = loads_tensorflow(api.pid)
+        print(f"tensorflow mapped in the API process: {tf_in_api}")
+        assert not tf_in_api, "the API process loaded TensorFlow"
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,442 @@
+"""`parry` commands that talk to a server: upload-model, upload-dataset, submit, train, status, wait,
+report, download, and `check` (the CI gate; see service/check_command.py).
+
+The server is `--server`, else PARRY_SERVER, else http://127.0.0.1:8000; the key is `--api-key`, else
+PARRY_API_KEY. Exit codes: 0 done, 1 a check failed, 2 the command could not do its work (one sentence
+on stderr, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from pydantic import ValidationError
+from rich.console import Console
+
+from service.attack_syntax import AttackSyntaxError, describe_validation_error, parse_attack
+from service.checks import CheckConfigError
+from service.client import TERMINAL_JOB_STATUSES, ClientError, ParryClient, zip_directory
+from service.datasets import is_builtin
+from service.progress_display import JobProgressDisplay
+from service.schemas import EvaluationOptions, TrainingSpec
+from service.verdicts import BaselineError
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR = 0, 1, 2
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # not subscriptable at run time
+
+
+class CommandError(Exception):
+    """A command that cannot go on; one sentence, exit code 2."""
+
+
+USER_ERRORS = (ClientError, CheckConfigError, BaselineError, AttackSyntaxError, CommandError)
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Every error a user can cause becomes `parry: <sentence>` on stderr and exit code 2."""
+
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except USER_ERRORS as exc:
+            err(f"parry: {exc}")
+            return EXIT_ERROR
+        except ValidationError as exc:
+            err(f"parry: {describe_validation_error(exc)}")
+            return EXIT_ERROR
+
+    return wrapper
+
+
+def add_client_commands(commands: Commands) -> None:
+    """Add the server-client commands to the `parry` parser's subcommands."""
+    from service.check_command import add_check_command
+
+    server = _server_options()
+    _add_upload_commands(commands, server)
+    _add_submit(commands, server)
+    _add_train(commands, server)
+    _add_job_commands(commands, server)
+    add_check_command(commands, server)
+
+
+def _server_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("server")
+    group.add_argument(
+        "--server", default=None, help="server URL (default PARRY_SERVER, http://127.0.0.1:8000)"
+    )
+    group.add_argument("--api-key", default=None, help="API key (default PARRY_API_KEY)")
+    group.add_argument(
+        "--request-timeout", type=float, default=30.0, metavar="S", help="seconds per request (default 30)"
+    )
+    group.add_argument(
+        "--retries", type=int, default=5, help="retries on connection errors and 5xx answers (default 5)"
+    )
+    return parent
+
+
+def make_client(args: argparse.Namespace) -> ParryClient:
+    return ParryClient.from_env(args.server, args.api_key, timeout=args.request_timeout, retries=args.retries)
+
+
+# ---- upload-model, upload-dataset ----------------------------------------------------------------------
+
+
+def _add_upload_commands(commands: Commands, server: argparse.ArgumentParser) -> None:
+    cmd = commands.add_parser(
+        "upload-model",
+        parents=[server],
+        help="upload a model (skipped when the server has these bytes) and wait for its validation",
+    )
+    cmd.add_argument("file", type=Path, help="SavedModel archive or directory, .keras or .h5 file")
+    cmd.add_argument("--name", default=None)
+    cmd.add_argument("--output", choices=("auto", "logits", "probabilities"), default="auto")
+    cmd.add_argument("--no-wait", action="store_true", help="do not wait for the validation")
+    cmd.add_argument("--json", action="store_true", help="print the Model as JSON")
+    cmd.set_defaults(run=guarded(_run_upload_model))
+
+    cmd = commands.add_parser(
+        "upload-dataset", parents=[server], help="upload an .npz dataset (skipped when the server has it)"
+    )
+    cmd.add_argument("file", type=Path, help=".npz with arrays x and y")
+    cmd.add_argument("--name", default=None)
+    cmd.add_argument("--json", action="store_true", help="print the Dataset as JSON")
+    cmd.set_defaults(run=guarded(_run_upload_dataset))
+
+
+@contextmanager
+def model_file(path: Path) -> Iterator[Path]:
+    """The file to upload: the path itself, or a SavedModel directory zipped (byte-identical every time)."""
+    if not path.exists():
+        raise CommandError(f"model {path} does not exist")
+    if not path.is_dir():
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="parry-") as tmp:
+        yield zip_directory(path, Path(tmp) / f"{path.resolve().name}.zip")
+
+
+def ensure_ready_model(
+    client: ParryClient,
+    path: Path,
+    *,
+    name: str | None,
+    output: str,
+    wait: bool = True,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Upload a model unless the server has its bytes, then wait for its validation; rejected is an error."""
+    with model_file(path) as upload:
+        model, uploaded = client.ensure_model(upload, name=name, output=output)
+    say(f"model {model['id']}: " + ("uploaded" if uploaded else "the server already has these bytes"))
+    if wait and model["status"] == "validating":
+        model = client.wait_model(model["id"])
+    if model["status"] == "rejected":
+        raise CommandError(
+            f"the server rejected model {path.name}: {model.get('rejection') or 'no reason given'}"
+        )
+    return model
+
+
+def ensure_dataset_id(client: ParryClient, ref: str, *, name: str | None, say: Callable[[str], None]) -> str:
+    """A dataset id for `ref`: an id as given (builtin:..., dst_...), or an .npz file uploaded if needed."""
+    path = Path(ref)
+    if is_builtin(ref) or (ref.startswith("dst_") and not path.exists()):
+        return ref
+    if not path.is_file():
+        raise CommandError(f"dataset {ref} is neither a file nor a dataset id (dst_... or builtin:...)")
+    dataset, uploaded = client.ensure_dataset(path, name=name)
+    say(f"dataset {dataset['id']}: " + ("uploaded" if uploaded else "the server already has these bytes"))
+    return str(dataset["id"])
+
+
+def resolve_model_id(client: ParryClient, ref: str, *, say: Callable[[str], None]) -> str:
+    """A model id for `ref`: an id as given (mdl_...), or a file uploaded if needed and validated."""
+    path = Path(ref)
+    if ref.startswith("mdl_") and not path.exists():
+        return ref
+    return str(ensure_ready_model(client, path, name=None, output="auto", say=say)["id"])
+
+
+def _run_upload_model(args: argparse.Namespace) -> int:
+    with make_client(args) as client:
+        model = ensure_ready_model(
+            client, args.file, name=args.name, output=args.output, wait=not args.no_wait, say=err
+        )
+    out(json.dumps(model, indent=2) if args.json else str(model["id"]))
+    return EXIT_OK
+
+
+def _run_upload_dataset(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        raise CommandError(f"dataset {args.file} does not exist")
+    with make_client(args) as client:
+        dataset, uploaded = client.ensure_dataset(args.file, name=args.name)
+    err(f"dataset {dataset['id']}: " + ("uploaded" if uploaded else "the server already has these bytes"))
+    out(json.dumps(dataset, indent=2) if args.json else str(dataset["id"]))
+    return EXIT_OK
+
+
+# ---- submit, train -------------------------------------------------------------------------------------
+
+
+def _add_wait_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--wait", action="store_true", help="wait for the job and print how it ended")
+    cmd.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="give up waiting after S seconds"
+    )
+    cmd.add_argument("--quiet", action="store_true", help="no progress output")
+    cmd.add_argument(
+        "--idempotency-key", default=None, help="reuse to make a retried submission return the first job"
+    )
+
+
+def _add_submit(commands: Commands, server: argparse.ArgumentParser) -> None:
+    cmd = commands.add_parser(
+        "submit",
+        parents=[server],
+        help="submit an evaluation to the server (`parry evaluate` runs one locally)",
+        description="Submit an evaluation; prints the job id (or, with --wait, follows it to the end).",
+    )
+    cmd.add_argument("--model", required=True, help="model id (mdl_...) or a model file to upload")
+    cmd.add_argument(
+        "--dataset", required=True, help="dataset id (dst_..., builtin:...) or an .npz to upload"
+    )
+    cmd.add_argument(
+        "--attack", action="append", required=True, metavar="SPEC", help="e.g. 'pgd:eps=0.3,steps=40'"
+    )
+    cmd.add_argument("--input-range", default="0,1", metavar="LO,HI")
+    cmd.add_argument("--max-samples", type=int, default=None)
+    cmd.add_argument("--batch-size", type=int, default=256)
+    cmd.add_argument("--seed", type=int, default=0)
+    cmd.add_argument(
+        "--no-cache", action="store_true", help="run even if an identical evaluation has a result"
+    )
+    _add_wait_options(cmd)
+    cmd.set_defaults(run=guarded(_run_submit))
+
+
+def _input_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(part) for part in text.split(","))
+    except ValueError:
+        raise CommandError(f"--input-range takes two numbers 'LO,HI' (e.g. 0,255), got {text!r}") from None
+    return lo, hi
+
+
+def _run_submit(args: argparse.Namespace) -> int:
+    options = EvaluationOptions(
+        attacks=[parse_attack(text) for text in args.attack],
+        input_range=_input_range(args.input_range),
+        max_samples=args.max_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    with make_client(args) as client:
+        model_id = resolve_model_id(client, args.model, say=err)
+        dataset_id = ensure_dataset_id(client, args.dataset, name=None, say=err)
+        spec = {**options.model_dump(mode="json"), "model_id": model_id, "dataset_id": dataset_id}
+        spec["no_cache"] = args.no_cache
+        job = client.submit_evaluation(spec, idempotency_key=args.idempotency_key)
+        if job.get("reused_from"):
+            err(f"job {job['id']}: result reused from job {job['reused_from']} (--no-cache runs it again)")
+        return _submitted(client, job, args)
+
+
+def _add_train(commands: Commands, server: argparse.ArgumentParser) -> None:
+    cmd = commands.add_parser(
+        "train",
+        parents=[server],
+        help="submit an adversarial training to the server",
+        description="Submit an adversarial training (POST /v1/trainings); prints the job id.",
+    )
+    cmd.add_argument("--model", required=True, help="model id (mdl_...) or a model file to upload")
+    cmd.add_argument("--dataset", required=True, help="training data: dataset id or an .npz to upload")
+    cmd.add_argument("--validation-dataset", default=None, help="dataset id or .npz (default: 10%% held out)")
+    cmd.add_argument("--method", choices=("pgd", "fgsm-rs", "trades"), default="pgd")
+    cmd.add_argument("--eps", type=float, required=True)
+    cmd.add_argument("--norm", choices=("linf", "l2"), default="linf")
+    cmd.add_argument("--steps", type=int, default=None)
+    cmd.add_argument("--epochs", type=int, default=None)
+    cmd.add_argument("--batch-size", type=int, default=None)
+    cmd.add_argument("--learning-rate", type=float, default=None)
+    cmd.add_argument("--seed", type=int, default=None)
+    cmd.add_argument("--input-range", default=None, metavar="LO,HI")
+    cmd.add_argument(
+        "--evaluate", action="append", default=[], metavar="SPEC", help="attack before and after"
+    )
+    cmd.add_argument("--spec", type=Path, default=None, help="JSON file with more TrainingSpec fields")
+    _add_wait_options(cmd)
+    cmd.set_defaults(run=guarded(_run_train))
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    extra: dict[str, Any] = {}
+    if args.spec is not None:
+        try:
+            extra = json.loads(args.spec.read_text())
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"cannot read training spec {args.spec}: {exc}") from None
+        if not isinstance(extra, dict):
+            raise CommandError(f"training spec {args.spec} must hold a JSON object")
+    flags = {
+        "method": args.method,
+        "eps": args.eps,
+        "norm": args.norm,
+        "steps": args.steps,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "seed": args.seed,
+        "input_range": _input_range(args.input_range) if args.input_range else None,
+        "evaluate": [parse_attack(text).model_dump(mode="json") for text in args.evaluate] or None,
+    }
+    with make_client(args) as client:
+        model_id = resolve_model_id(client, args.model, say=err)
+        dataset_id = ensure_dataset_id(client, args.dataset, name=None, say=err)
+        body = {**extra, **{k: v for k, v in flags.items() if v is not None}}
+        body.update(model_id=model_id, dataset_id=dataset_id)
+        if args.validation_dataset:
+            body["validation_dataset_id"] = ensure_dataset_id(
+                client, args.validation_dataset, name=None, say=err
+            )
+        spec = TrainingSpec.model_validate(body)  # a typo is a sentence here, not a 422 later
+        job = client.submit_training(
+            spec.model_dump(mode="json", exclude_none=True), idempotency_key=args.idempotency_key
+        )
+        return _submitted(client, job, args)
+
+
+def _submitted(client: ParryClient, job: dict[str, Any], args: argparse.Namespace) -> int:
+    if not args.wait:
+        out(str(job["id"]))
+        return EXIT_OK
+    err(f"job {job['id']} submitted")
+    return _follow(client, str(job["id"]), timeout=args.timeout, quiet=args.quiet)
+
+
+# ---- status, wait, report, download --------------------------------------------------------------------
+
+
+def _add_job_commands(commands: Commands, server: argparse.ArgumentParser) -> None:
+    cmd = commands.add_parser("status", parents=[server], help="show a job's status and progress")
+    cmd.add_argument("job")
+    cmd.add_argument("--json", action="store_true", help="print the whole Job as JSON")
+    cmd.set_defaults(run=guarded(_run_status))
+
+    cmd = commands.add_parser(
+        "wait", parents=[server], help="wait for a job to finish (exit 0 succeeded, 2 failed or cancelled)"
+    )
+    cmd.add_argument("job")
+    cmd.add_argument("--timeout", type=float, default=None, metavar="S")
+    cmd.add_argument("--quiet", action="store_true")
+    cmd.set_defaults(run=guarded(_run_wait))
+
+    cmd = commands.add_parser("report", parents=[server], help="print or save a job's report")
+    cmd.add_argument("job")
+    cmd.add_argument("--format", choices=("json", "junit", "markdown", "html"), default="json")
+    cmd.add_argument("--output", "-o", type=Path, default=None, metavar="FILE", help="write here, not stdout")
+    cmd.set_defaults(run=guarded(_run_report))
+
+    cmd = commands.add_parser("download", parents=[server], help="download a job's artifacts")
+    cmd.add_argument("job")
+    cmd.add_argument("names", nargs="*", metavar="NAME", help="artifacts to fetch (default: all)")
+    cmd.add_argument("--dir", type=Path, default=Path("."), help="where to put them (default: .)")
+    cmd.set_defaults(run=guarded(_run_download))
+
+
+def _run_wait(args: argparse.Namespace) -> int:
+    with make_client(args) as client:
+        return _follow(client, args.job, timeout=args.timeout, quiet=args.quiet)
+
+
+def describe_job(job: dict[str, Any]) -> str:
+    text = f"job {job['id']} ({job.get('kind', '?')}): {job['status']}"
+    progress = job.get("progress") or {}
+    if job["status"] == "running" and progress:
+        text += f" {100 * float(progress.get('fraction', 0)):.0f}%"
+        if progress.get("stage"):
+            text += f", {progress['stage']}"
+        if progress.get("eta_seconds") is not None:
+            text += f", ETA {float(progress['eta_seconds']):.0f} s"
+    if job.get("reused_from"):
+        text += f" (result reused from {job['reused_from']})"
+    if job["status"] == "failed" and job.get("error"):
+        text += f": {job['error'].get('detail')}"
+    return text
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    with make_client(args) as client:
+        job = client.get_job(args.job)
+    out(json.dumps(job, indent=2) if args.json else describe_job(job))
+    return EXIT_OK
+
+
+def wait_for_job(client: ParryClient, job_id: str, *, timeout: float | None, quiet: bool) -> dict[str, Any]:
+    """Poll the job to its end with a progress display on stderr; failed or cancelled is a CommandError."""
+    with JobProgressDisplay(Console(stderr=True), job_id=job_id, quiet=quiet) as display:
+        job = client.wait_job(job_id, timeout=timeout, on_update=display.update)
+    if job["status"] == "failed":
+        detail = (job.get("error") or {}).get("detail") or "no reason was given"
+        raise CommandError(f"job {job_id} failed: {detail}")
+    if job["status"] == "cancelled":
+        raise CommandError(f"job {job_id} was cancelled")
+    assert job["status"] in TERMINAL_JOB_STATUSES
+    return job
+
+
+def _follow(client: ParryClient, job_id: str, *, timeout: float | None, quiet: bool) -> int:
+    job = wait_for_job(client, job_id, timeout=timeout, quiet=quiet)
+    out(describe_job(job))
+    return EXIT_OK
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    with make_client(args) as client:
+        text = client.report(args.job, format=args.format)
+    if args.format == "json":
+        text = json.dumps(json.loads(text), indent=2) + "\n"
+    if args.output is not None:
+        args.output.write_text(text, encoding="utf-8")
+        err(f"report written to {args.output}")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _run_download(args: argparse.Namespace) -> int:
+    with make_client(args) as client:
+        available = {a["name"]: a for a in client.list_artifacts(args.job)}
+        names = args.names or sorted(available)
+        missing = [n for n in names if n not in available]
+        if missing:
+            have = ", ".join(sorted(available)) or "none"
+            raise CommandError(f"job {args.job} has no artifact {missing[0]!r} (it has: {have})")
+        if not names:
+            raise CommandError(f"job {args.job} has no artifacts")
+        args.dir.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            path = client.download_artifact(args.job, name, args.dir / name)
+            out(str(path))
+    return EXIT_OK

@@ -1,0 +1,94 @@
+"""FastAPI dependencies: the app's settings, stores, enqueuer and the caller's identity.
+
+Everything is built once by `create_app()` and kept on `app.state`; tests replace pieces with
+`app.dependency_overrides` (for instance a recording enqueuer instead of Celery).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Query, Request, status
+
+from service.artifacts import ArtifactStore
+from service.auth import LOCAL_OWNER, KeyRing, parse_bearer
+from service.metrics import Metrics
+from service.queue import BrokerProbe, Enqueuer
+from service.settings import Settings
+from service.store import JobStore
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_store(request: Request) -> JobStore:
+    store: JobStore = request.app.state.store
+    return store
+
+
+def get_artifacts(request: Request) -> ArtifactStore:
+    artifacts: ArtifactStore = request.app.state.artifacts
+    return artifacts
+
+
+def get_enqueuer(request: Request) -> Enqueuer:
+    enqueuer: Enqueuer = request.app.state.enqueuer
+    return enqueuer
+
+
+def get_broker(request: Request) -> BrokerProbe:
+    probe: BrokerProbe = request.app.state.broker
+    return probe
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+def get_keyring(request: Request) -> KeyRing:
+    keyring: KeyRing = request.app.state.keyring
+    return keyring
+
+
+# `request` defaults to None only so that code outside a request (the UI's open-mode check) may call
+# `get_owner()`; FastAPI always passes the request.
+def get_owner(request: Request = None) -> str:  # type: ignore[assignment]
+    """The caller's owner: the id of the API key in `Authorization: Bearer`, or `local` while no key exists.
+
+    A missing, unknown or revoked key is a 401 problem with `WWW-Authenticate: Bearer`.
+    """
+    if request is None:
+        return LOCAL_OWNER
+    keyring = get_keyring(request)
+    if keyring.is_open():
+        return LOCAL_OWNER
+    # The UI's pages read `app.state.key_resolver`; keep it in step once a key appears after start-up.
+    if getattr(request.app.state, "key_resolver", None) is None:
+        request.app.state.key_resolver = keyring.owner_of
+    key = parse_bearer(request.headers.get("authorization"))
+    if key is None:
+        raise _unauthorized("this API needs a key: send Authorization: Bearer <key>")
+    owner = keyring.owner_of(key)
+    if owner is None:
+        raise _unauthorized("the API key is not valid (unknown or revoked)")
+    return owner
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+JobStoreDep = Annotated[JobStore, Depends(get_store)]
+ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
+EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
+BrokerDep = Annotated[BrokerProbe, Depends(get_broker)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+OwnerDep = Annotated[str, Depends(get_owner)]
+# `?sha256=` on the model and dataset lists: find what the server has for some bytes without uploading them.
+Sha256Filter = Annotated[
+    str | None, Query(pattern="^[0-9a-fA-F]{64}$", description="Only the item with these bytes (hex sha256).")
+]

@@ -1,0 +1,73 @@
+"""JUnit XML: one testcase per attack × eps, a failure carrying the numbers, for CI test-report views."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+
+from service.schemas import EvaluationResult
+from service.verdicts import CheckOutcome, pct
+
+
+def junit_report(
+    result: EvaluationResult,
+    outcomes: Sequence[CheckOutcome],
+    *,
+    job_id: str | None = None,
+    reused_from: str | None = None,
+    suite_name: str = "parry robustness",
+) -> str:
+    """A `<testsuites>` document with one `<testsuite>` holding a `<testcase>` per outcome."""
+    failures = sum(not o.passed for o in outcomes)
+    seconds = f"{sum(o.seconds for o in outcomes):.3f}"
+    counts = {"tests": str(len(outcomes)), "failures": str(failures), "errors": "0", "skipped": "0"}
+    root = ET.Element("testsuites", {"name": suite_name, **counts, "time": seconds})
+    suite = ET.SubElement(root, "testsuite", {"name": suite_name, **counts, "time": seconds})
+    properties = ET.SubElement(suite, "properties")
+    facts = {
+        "job_id": job_id,
+        "reused_from": reused_from,
+        "num_samples": str(result.num_samples),
+        "clean_accuracy": f"{result.clean_accuracy:.6f}",
+        "seed": str(result.seed),
+        "model_sha256": result.model_sha256,
+        "dataset_sha256": result.dataset_sha256,
+    }
+    for name, value in facts.items():
+        if value is not None:
+            ET.SubElement(properties, "property", {"name": name, "value": value})
+    for outcome in outcomes:
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            {"classname": f"parry.{outcome.attack}", "name": outcome.name, "time": f"{outcome.seconds:.3f}"},
+        )
+        numbers = _numbers(outcome)
+        if not outcome.passed:
+            failure = ET.SubElement(
+                case, "failure", {"message": outcome.message, "type": "RobustnessCheckFailed"}
+            )
+            failure.text = numbers
+        ET.SubElement(case, "system-out").text = numbers
+    if result.warnings:
+        ET.SubElement(suite, "system-err").text = "\n".join(f"warning: {w}" for w in result.warnings)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _numbers(outcome: CheckOutcome) -> str:
+    lo, hi = outcome.ci95
+    lines = [
+        f"robust_accuracy={outcome.robust_accuracy:.6f} ({pct(outcome.robust_accuracy)})",
+        f"ci95=[{lo:.6f}, {hi:.6f}] ({pct(lo)}–{pct(hi)}, Wilson, {outcome.num_samples} samples)",
+    ]
+    if outcome.min_robust_accuracy is not None:
+        bound = "lower bound of ci95" if outcome.use_lower_bound else "estimate"
+        lines.append(f"min_robust_accuracy={outcome.min_robust_accuracy:g} (judged on the {bound})")
+    if outcome.baseline_robust_accuracy is not None:
+        lines.append(
+            f"baseline_robust_accuracy={outcome.baseline_robust_accuracy:.6f} "
+            f"max_regression={outcome.max_regression:g}"
+        )
+    lines.append(outcome.message)
+    return "\n".join(lines)

@@ -1,0 +1,69 @@
+"""Markdown: a summary table for a pull request or a GitHub job summary (`GITHUB_STEP_SUMMARY`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from service.schemas import EvaluationResult
+from service.verdicts import CheckOutcome, pct
+
+
+def markdown_report(
+    result: EvaluationResult,
+    outcomes: Sequence[CheckOutcome],
+    *,
+    job_id: str | None = None,
+    reused_from: str | None = None,
+    title: str = "Parry robustness check",
+) -> str:
+    """A heading with the verdict, one line of context, a table with a row per outcome, and the warnings."""
+    failed = sum(not o.passed for o in outcomes)
+    verdict = f"{len(outcomes) - failed} passed, {failed} failed" if failed else f"all {len(outcomes)} passed"
+    lines = [f"### {'❌' if failed else '✅'} {title}: {verdict}", ""]
+    context = (
+        f"{result.num_samples} samples, clean accuracy {pct(result.clean_accuracy)}, seed {result.seed}; "
+        f"model `{result.model_sha256[:12]}`, dataset `{result.dataset_sha256[:12]}`"
+    )
+    if job_id:
+        context += f"; job `{job_id}`"
+    if reused_from:
+        context += f" (result reused from `{reused_from}`)"
+    lines += [context + ".", ""]
+    with_baseline = any(o.baseline_robust_accuracy is not None for o in outcomes)
+    header = ["", "attack", "robust accuracy", "95% CI", "required"] + (["baseline"] if with_baseline else [])
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append(
+        "|" + "|".join([":-:", "---", "--:", "--:", "--:"] + (["--:"] if with_baseline else [])) + "|"
+    )
+    for o in outcomes:
+        lo, hi = o.ci95
+        required = "—"
+        if o.min_robust_accuracy is not None:
+            required = f"≥ {pct(o.min_robust_accuracy)}" + (" (lower bound)" if o.use_lower_bound else "")
+        cells = [
+            "✅" if o.passed else "❌",
+            _escape(o.name),
+            pct(o.robust_accuracy),
+            f"{pct(lo)}–{pct(hi)}",
+            required,
+        ]
+        if with_baseline:
+            cells.append(_baseline_cell(o))
+        lines.append("| " + " | ".join(cells) + " |")
+    problems = [o for o in outcomes if not o.passed]
+    if problems:
+        lines += ["", *(f"- **{_escape(o.name)}**: {_escape(o.message)}" for o in problems)]
+    if result.warnings:
+        lines += ["", "Warnings:", *(f"- {_escape(w)}" for w in result.warnings)]
+    return "\n".join(lines) + "\n"
+
+
+def _baseline_cell(outcome: CheckOutcome) -> str:
+    if outcome.baseline_robust_accuracy is None:
+        return "—"
+    change = -(outcome.regression or 0.0)
+    return f"{pct(outcome.baseline_robust_accuracy)} ({100 * change:+.1f})"
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,39 @@
+"""Shared fixtures. TensorFlow is imported lazily so tests that do not need it stay fast."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.datasets import ArrayDataset, load_builtin
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def mnist_train() -> ArrayDataset:
+    return load_builtin("builtin:mnist-5k:train")
+
+
+@pytest.fixture(scope="session")
+def mnist_test() -> ArrayDataset:
+    return load_builtin("builtin:mnist-5k:test")
+
+
+@pytest.fixture(scope="session")
+def mnist_cnn(mnist_train: ArrayDataset) -> Any:
+    """A normally trained small CNN with a logits head (about 95% clean test accuracy)."""
+    from tests.modelzoo import small_cnn, train_clean
+
+    return train_clean(small_cnn(), mnist_train, epochs=3)
+
+
+@pytest.fixture(scope="session")
+def model_files(mnist_cnn: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`mnist_cnn` exported in every upload format (see `modelzoo.export_model_files` for the keys)."""
+    from tests.modelzoo import export_model_files
+
+    return export_model_files(mnist_cnn, tmp_path_factory.mktemp("model_files"))

@@ -1,0 +1,213 @@
+"""The worker's job logic called as plain functions: real store, real artifacts, a real tiny Keras model."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.artifacts import ArtifactStore
+from service.broker import DELIVER_CALLBACK, RUN_EVALUATION
+from service.settings import Settings
+from service.store import JobStore
+from workers import heartbeat, jobs
+from workers.model_cache import ModelCache
+
+DIGITS_FGSM = {"dataset_id": "builtin:digits:test", "attacks": [{"name": "fgsm", "eps": [0.1, 0.2]}]}
+# Many restarts of a tiny-eps PGD (few samples fall, so every restart runs) in small batches: about 30 s,
+# with a chance to stop between every two batches.
+DIGITS_LONG = {
+    "dataset_id": "builtin:digits",
+    "attacks": [{"name": "pgd", "eps": 0.01, "steps": 10, "restarts": 50}],
+    "batch_size": 16,
+}
+
+
+@pytest.fixture(scope="module")
+def digits_keras(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CNN trained for a second on the 8x8 digits, saved as .keras."""
+    import keras
+
+    from service.datasets import load_builtin
+    from tests.modelzoo import train_clean
+
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ]
+    )
+    train_clean(model, load_builtin("builtin:digits:train"), epochs=3)
+    path = tmp_path_factory.mktemp("models") / "digits.keras"
+    model.save(path)
+    return path
+
+
+class Sent(list[tuple[str, str]]):
+    def __call__(self, task: str, job_id: str) -> None:
+        self.append((task, job_id))
+
+
+def _sent(ctx: jobs.WorkerContext) -> list[tuple[str, str]]:
+    assert isinstance(ctx.send, Sent)
+    return list(ctx.send)
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Iterator[jobs.WorkerContext]:
+    settings = Settings(data_dir=tmp_path, redis_url="redis://unused", job_lease_s=30)
+    store = JobStore(settings.resolved_database_url)
+    store.create_schema()
+    yield jobs.WorkerContext(
+        settings=settings,
+        store=store,
+        artifacts=ArtifactStore(tmp_path),
+        models=ModelCache(2),
+        worker="test-worker",
+        send=Sent(),
+    )
+    store.dispose()
+
+
+def _model(ctx: jobs.WorkerContext, path: Path, fmt: str = "keras") -> str:
+    blob = ctx.artifacts.put_file(path)
+    record, _ = ctx.store.add_model(
+        owner="o", name=path.name, sha256=blob.sha256, format=fmt, size_bytes=blob.size_bytes, output="auto"
+    )
+    return record.id
+
+
+def _ready_model(ctx: jobs.WorkerContext, path: Path) -> str:
+    model_id = _model(ctx, path)
+    assert jobs.validate_model(ctx, model_id) == "ready"
+    return model_id
+
+
+def _job(ctx: jobs.WorkerContext, model_id: str, spec: dict[str, Any]) -> str:
+    job, _ = ctx.store.create_job(owner="o", kind="evaluation", spec={"model_id": model_id, **spec})
+    return job.id
+
+
+def test_validate_marks_a_good_model_ready_and_a_bad_one_rejected(
+    ctx: jobs.WorkerContext, digits_keras: Path, tmp_path: Path
+) -> None:
+    model_id = _ready_model(ctx, digits_keras)
+    record = ctx.store.get_model(model_id)
+    assert (record.status, record.input_shape, record.num_classes, record.output) == (
+        "ready",
+        [8, 8, 1],
+        10,
+        "logits",
+    )
+    assert jobs.cache_key(record.sha256, "logits") in ctx.models  # the first job on it starts warm
+    assert jobs.validate_model(ctx, model_id) == "ready"  # a redelivery changes nothing
+
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a model at all" * 100)
+    bad_id = _model(ctx, bad)
+    assert jobs.validate_model(ctx, bad_id) == "rejected"
+    rejection = ctx.store.get_model(bad_id).rejection
+    assert rejection and "Traceback" not in rejection
+    assert jobs.validate_model(ctx, "mdl_missing") is None
+
+
+def test_run_evaluation_succeeds_writes_artifacts_and_is_idempotent(
+    ctx: jobs.WorkerContext, digits_keras: Path
+) -> None:
+    job_id = _job(ctx, _ready_model(ctx, digits_keras), {**DIGITS_FGSM, "callback_url": "http://cb.test/"})
+    loads = ctx.models.misses
+    assert jobs.run_evaluation(ctx, job_id) == "succeeded"
+    assert ctx.models.misses == loads  # the model loaded by validation served the job
+    job = ctx.store.get_job(job_id)
+    assert job.status == "succeeded" and job.attempts == 1
+    assert job.result is not None and job.result["num_samples"] == 359
+    assert [a["eps"] for a in job.result["attacks"]] == [0.1, 0.2]
+    report = json.loads(ctx.artifacts.job_artifact_path(job_id, "report.json").read_bytes())
+    assert report == job.result
+    per_sample = np.load(io.BytesIO(ctx.artifacts.job_artifact_path(job_id, "per_sample.npz").read_bytes()))
+    assert all(per_sample[name].shape[0] == 359 for name in per_sample.files)
+    assert _sent(ctx) == [(DELIVER_CALLBACK, job_id)]
+    # A second delivery of the same message does nothing.
+    assert jobs.run_evaluation(ctx, job_id) is None
+    assert ctx.store.get_job(job_id).result == job.result
+
+
+def test_a_cancelled_queued_job_never_starts(ctx: jobs.WorkerContext, digits_keras: Path) -> None:
+    job_id = _job(ctx, _ready_model(ctx, digits_keras), DIGITS_FGSM)
+    ctx.store.request_cancel(job_id, owner="o")
+    assert jobs.run_evaluation(ctx, job_id) is None
+    job = ctx.store.get_job(job_id)
+    assert job.status == "cancelled" and job.started_at is None
+
+
+def test_cancelling_a_running_job_stops_it(ctx: jobs.WorkerContext, digits_keras: Path) -> None:
+    job_id = _job(ctx, _ready_model(ctx, digits_keras), DIGITS_LONG)
+
+    def cancel_when_running() -> None:
+        while ctx.store.get_job(job_id).status != "running":
+            time.sleep(0.05)
+        time.sleep(1.0)
+        ctx.store.request_cancel(job_id, owner="o")
+
+    canceller = threading.Thread(target=cancel_when_running)
+    canceller.start()
+    started = time.monotonic()
+    assert jobs.run_evaluation(ctx, job_id) == "cancelled"
+    canceller.join()
+    assert time.monotonic() - started < 10  # about 1 s running, then stopped between two batches
+    assert ctx.store.get_job(job_id).status == "cancelled"
+
+
+def test_a_shutting_down_worker_hands_the_job_back(ctx: jobs.WorkerContext, digits_keras: Path) -> None:
+    job_id = _job(ctx, _ready_model(ctx, digits_keras), DIGITS_LONG)
+    heartbeat.SHUTTING_DOWN.set()
+    try:
+        assert jobs.run_evaluation(ctx, job_id) is None
+    finally:
+        heartbeat.SHUTTING_DOWN.clear()
+    job = ctx.store.get_job(job_id)
+    assert job.status == "queued" and job.worker is None
+    assert _sent(ctx) == [(RUN_EVALUATION, job_id)]
+
+
+def test_a_job_over_its_time_limit_fails_with_a_sentence(ctx: jobs.WorkerContext, digits_keras: Path) -> None:
+    model_id = _ready_model(ctx, digits_keras)
+    limited = jobs.WorkerContext(
+        **{**ctx.__dict__, "settings": ctx.settings.model_copy(update={"task_time_limit_s": 1})}
+    )
+    job_id = _job(limited, model_id, DIGITS_LONG)
+    assert jobs.run_evaluation(limited, job_id) == "failed"
+    error = ctx.store.get_job(job_id).error
+    assert error == {"type": "TimeLimitExceeded", "detail": "the job exceeded the time limit of 1 s"}
+
+
+def test_a_dataset_the_model_cannot_take_fails_with_a_sentence(
+    ctx: jobs.WorkerContext, digits_keras: Path
+) -> None:
+    job_id = _job(
+        ctx, _ready_model(ctx, digits_keras), {**DIGITS_FGSM, "dataset_id": "builtin:mnist-5k:test"}
+    )
+    assert jobs.run_evaluation(ctx, job_id) == "failed"
+    error = ctx.store.get_job(job_id).error
+    assert error is not None and error["type"] == "EvaluationError", error
+    assert error["detail"] and "Traceback" not in error["detail"]
+
+
+def test_a_deleted_model_fails_the_job_with_a_sentence(ctx: jobs.WorkerContext, digits_keras: Path) -> None:
+    model_id = _ready_model(ctx, digits_keras)
+    job_id = _job(ctx, model_id, DIGITS_FGSM)
+    ctx.store.delete_model(model_id, owner="o")
+    assert jobs.run_evaluation(ctx, job_id) == "failed"
+    assert ctx.store.get_job(job_id).error == {
+        "type": "ModelLoadError",
+        "detail": f"model {model_id} no longer exists",
+    }

@@ -1,0 +1,327 @@
+"""The attack base class with its compiled entry point, plus the projection, step and random-start helpers.
+
+An attack's loop runs in `tf.function` graphs with the steps unrolled in Python (PGD: chunks of 10
+steps; see pgd.py): measured on this machine that sits at the cost floor, while `tf.while_loop` was
+unstable and XLA about 3x slower. The graphs are traced once per (model, attack configuration, input
+range) and kept in `LoadedModel.cache`. Eps, step size and seed are tensor arguments and the batch
+dimension is `None`, so new eps values, a short last batch or a batch with dropped samples never retrace.
+Random starts use stateless ops with explicit seeds: `tf.random.set_seed` would clear TensorFlow's
+function cache.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, final
+
+import numpy as np
+import tensorflow as tf
+
+from workers.attacks.losses import LossName, is_success, objective
+from workers.models import LoadedModel
+
+Norm = Literal["linf", "l2"]
+Logits = Callable[[tf.Tensor], tf.Tensor]
+
+# A point already in the eps ball is left untouched, so projecting twice never moves it (see project_l2).
+_L2_SLACK = 1e-6
+_TINY = 1e-12
+
+
+@dataclass(frozen=True)
+class CompiledAttack:
+    """The traced graphs of one attack for one model and input range.
+
+    `run(x, goal, eps, step_size, seed, check=None)` returns (x_adv, pred, success, objective, steps) as
+    arrays, `steps` being the forward+backward passes each sample took before its scoring pass. `check`,
+    when given, is called between the graphs of an attack that runs several (PGD's chunks).
+    """
+
+    run: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    graphs: Sequence[Any]
+
+    def tracing_count(self) -> int:
+        return sum(int(g.experimental_get_tracing_count()) for g in self.graphs)
+
+
+@dataclass(frozen=True)
+class AttackOutput:
+    """What an attack did to one batch.
+
+    `pred` and `success` come from a forward pass on `x_adv` itself; `objective` is the attack's loss there
+    (higher is worse for the model). Passes are summed over samples and restarts.
+    """
+
+    x_adv: np.ndarray
+    pred: np.ndarray
+    success: np.ndarray
+    objective: np.ndarray
+    goal: np.ndarray  # the label (untargeted) or the target class (targeted) of each sample
+    forward_passes: int
+    backward_passes: int
+
+
+def per_sample_norm(delta: tf.Tensor, norm: Norm) -> tf.Tensor:
+    axes = list(range(1, len(delta.shape)))
+    if norm == "linf":
+        return tf.reduce_max(tf.abs(delta), axis=axes)
+    return tf.sqrt(tf.reduce_sum(tf.square(delta), axis=axes))
+
+
+def per_sample(values: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """Reshape (B,) so it broadcasts against a (B, ...) batch."""
+    return tf.reshape(values, [-1] + [1] * (len(like.shape) - 1))
+
+
+def project_linf(x_adv: tf.Tensor, x: tf.Tensor, eps: tf.Tensor, lo: float, hi: float) -> tf.Tensor:
+    """Clip into the intersection of the L-inf ball and the input range (idempotent, exact at eps = 0)."""
+    lower = tf.maximum(x - eps, lo)
+    upper = tf.minimum(x + eps, hi)
+    return tf.minimum(tf.maximum(x_adv, lower), upper)
+
+
+def project_l2(x_adv: tf.Tensor, x: tf.Tensor, eps: tf.Tensor, lo: float, hi: float) -> tf.Tensor:
+    """Scale the perturbation back into the L2 ball, then clip into the input range.
+
+    Samples already inside the ball (up to a relative 1e-6) are returned bit for bit, so projecting an
+    attack's output again cannot change its prediction. Clipping only shrinks each coordinate's
+    perturbation, so it never leaves the ball.
+    """
+    delta = x_adv - x
+    size = per_sample_norm(delta, "l2")
+    factor = tf.minimum(1.0, eps / tf.maximum(size, _TINY))
+    outside = per_sample(size > eps * (1.0 + _L2_SLACK), x)
+    scaled = tf.where(outside, x + delta * per_sample(factor, x), x_adv)
+    return tf.clip_by_value(scaled, lo, hi)
+
+
+def project(x_adv: tf.Tensor, x: tf.Tensor, eps: tf.Tensor, norm: Norm, lo: float, hi: float) -> tf.Tensor:
+    if norm == "linf":
+        return project_linf(x_adv, x, eps, lo, hi)
+    return project_l2(x_adv, x, eps, lo, hi)
+
+
+def ascent_direction(grad: tf.Tensor, norm: Norm) -> tf.Tensor:
+    """Unit steepest-ascent direction in the norm: the sign (L-inf) or the normalised gradient (L2)."""
+    if norm == "linf":
+        return tf.sign(grad)
+    return grad / per_sample(tf.maximum(per_sample_norm(grad, "l2"), _TINY), grad)
+
+
+def random_start(x: tf.Tensor, eps: tf.Tensor, norm: Norm, seed: tf.Tensor) -> tf.Tensor:
+    """A perturbation drawn uniformly from the eps ball of the norm, reproducible from `seed`."""
+    shape = tf.shape(x)
+    if norm == "linf":
+        return tf.random.stateless_uniform(shape, seed, minval=-1.0, maxval=1.0) * eps
+    # Uniform in the L2 ball: a uniform direction, radius eps * u^(1/d).
+    direction = tf.random.stateless_normal(shape, seed)
+    direction = direction / per_sample(tf.maximum(per_sample_norm(direction, "l2"), _TINY), x)
+    dims = tf.cast(tf.reduce_prod(shape[1:]), tf.float32)
+    u = tf.random.stateless_uniform(shape[:1], seed + 1)
+    return direction * per_sample(eps * tf.pow(u, 1.0 / dims), x)
+
+
+def derive_seed(*path: int) -> np.ndarray:
+    """A stateless-op seed from a path of integers (evaluation seed, batch, restart, ...).
+
+    Hashing the whole path makes restart r of a batch the same whatever the number of restarts.
+    """
+    state = np.random.SeedSequence([int(p) for p in path]).generate_state(2, np.uint32)
+    return state.astype(np.int64)
+
+
+def random_targets(labels: np.ndarray, num_classes: int, seed: Sequence[int]) -> np.ndarray:
+    """A seeded random class other than each label."""
+    rng = np.random.default_rng([int(s) for s in seed])
+    shift = rng.integers(1, num_classes, size=labels.shape[0]) if num_classes > 1 else 0
+    return ((labels + shift) % num_classes).astype(np.int64)
+
+
+class Attack(ABC):
+    """An evasion attack: a pure function of (model, x, y, eps, seed) to adversarial inputs.
+
+    Subclasses write only `perturb`, graph code that may overshoot the budget. The final `__call__`
+    projects into the eps ball and the input range, scores the result with one forward pass, and runs
+    restarts, keeping each sample's worst case (a success beats a failure; among failures, the higher loss)
+    and dropping samples that already succeeded.
+
+    Args:
+        norm: "linf" or "l2".
+        targeted: push towards a target class instead of away from the label.
+        target: the target class; None picks a seeded random class other than the label.
+        loss: "ce" (cross-entropy) or "cw" (logit margin).
+    """
+
+    name: ClassVar[str]
+
+    def __init__(
+        self, *, norm: Norm = "linf", targeted: bool = False, target: int | None = None, loss: LossName = "ce"
+    ) -> None:
+        self.norm, self.targeted, self.target, self.loss = norm, targeted, target, loss
+
+    # --- what a subclass provides -------------------------------------------------------------------
+    @abstractmethod
+    def perturb(
+        self,
+        logits: Logits,
+        x: tf.Tensor,
+        goal: tf.Tensor,
+        *,
+        eps: tf.Tensor,
+        step_size: tf.Tensor,
+        seed: tf.Tensor,
+        bounds: tuple[float, float],
+    ) -> tf.Tensor:
+        """Graph code: the adversarial batch for `x` (it may leave the eps ball; `__call__` projects)."""
+
+    @property
+    @abstractmethod
+    def gradient_steps(self) -> int:
+        """Forward+backward passes `perturb` makes per sample."""
+
+    @property
+    def restarts(self) -> int:
+        return 1
+
+    def step_size_for(self, eps: float) -> float:
+        return eps
+
+    def config(self) -> tuple[Any, ...]:
+        """Everything that changes the compiled graph (eps, step size and seed are tensors and do not)."""
+        return (type(self).__name__, self.norm, self.targeted, self.loss)
+
+    # --- shared graph pieces --------------------------------------------------------------------------
+    def objective(self, logits: tf.Tensor, goal: tf.Tensor) -> tf.Tensor:
+        return objective(tf.cast(logits, tf.float32), goal, loss=self.loss, targeted=self.targeted)
+
+    def value_and_gradient(
+        self, logits: Logits, x: tf.Tensor, goal: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Logits at `x` and the gradient of the summed objective with respect to `x`."""
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            z = tf.cast(logits(x), tf.float32)
+            total = tf.reduce_sum(self.objective(z, goal))
+        grad = tape.gradient(total, x)
+        if grad is None:  # the model is not differentiable in its input at all
+            grad = tf.zeros_like(x)
+        return z, grad
+
+    def _cache_key(self, bounds: tuple[float, float]) -> tuple[Any, ...]:
+        return ("attack", *self.config(), float(bounds[0]), float(bounds[1]))
+
+    def is_compiled(self, model: LoadedModel, bounds: tuple[float, float]) -> bool:
+        """Whether this model already holds the attack's graph (a warm worker)."""
+        return self._cache_key(bounds) in model.cache
+
+    def compiled(self, model: LoadedModel, bounds: tuple[float, float]) -> CompiledAttack:
+        """The attack's graphs for this model, traced once and kept in `model.cache`."""
+        key = self._cache_key(bounds)
+        if key not in model.cache:
+            model.cache[key] = self._build(model, (float(bounds[0]), float(bounds[1])))
+        compiled: CompiledAttack = model.cache[key]
+        return compiled
+
+    def score(
+        self,
+        logits: Logits,
+        x: tf.Tensor,
+        x_adv: tf.Tensor,
+        goal: tf.Tensor,
+        eps: tf.Tensor,
+        bounds: tuple[float, float],
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Graph code: the final guarantee (eps ball and input range) and the scoring forward pass."""
+        x_adv = project(x_adv, x, eps, self.norm, *bounds)
+        z = tf.cast(logits(x_adv), tf.float32)
+        pred = tf.argmax(z, axis=-1, output_type=tf.int64)
+        return x_adv, pred, is_success(z, goal, targeted=self.targeted), self.objective(z, goal)
+
+    def _build(self, model: LoadedModel, bounds: tuple[float, float]) -> CompiledAttack:
+        signature = [
+            tf.TensorSpec((None, *model.input_shape), tf.float32),
+            tf.TensorSpec((None,), tf.int64),
+            tf.TensorSpec((), tf.float32),
+            tf.TensorSpec((), tf.float32),
+            tf.TensorSpec((2,), tf.int64),
+        ]
+
+        def graph(
+            x: tf.Tensor, goal: tf.Tensor, eps: tf.Tensor, step_size: tf.Tensor, seed: tf.Tensor
+        ) -> Any:
+            x_adv = self.perturb(
+                model.logits, x, goal, eps=eps, step_size=step_size, seed=seed, bounds=bounds
+            )
+            return self.score(model.logits, x, x_adv, goal, eps, bounds)
+
+        # No autograph: the loop is plain Python, unrolled on purpose.
+        compiled = tf.function(graph, input_signature=signature, autograph=False)
+
+        def run(*args: Any, check: Callable[[], None] | None = None) -> Any:
+            x_adv, pred, success, obj = (t.numpy() for t in compiled(*args))
+            return x_adv, pred, success, obj, np.full(pred.shape, self.gradient_steps, np.int64)
+
+        return CompiledAttack(run, [compiled])
+
+    # --- the entry point ------------------------------------------------------------------------------
+    @final
+    def __call__(
+        self,
+        model: LoadedModel,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        eps: float,
+        seed: int | Sequence[int] = 0,
+        input_range: tuple[float, float] = (0.0, 1.0),
+        targets: np.ndarray | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> AttackOutput:
+        """Attack the batch `x` with labels `y`; `x` must already be inside `input_range`.
+
+        `targets` (targeted attacks only) overrides the spec's target or the seeded random choice.
+        `check` is called between restarts (and between the graphs of a long PGD); it may raise to stop.
+        """
+        seed_path = (seed,) if isinstance(seed, int) else tuple(seed)
+        x = np.asarray(x, dtype=np.float32)
+        y = np.asarray(y, dtype=np.int64)
+        goal = self.goals(y, model.num_classes, seed_path, targets)
+        n = x.shape[0]
+        best_x, best_pred = x.copy(), np.zeros(n, np.int64)
+        best_success, best_obj = np.zeros(n, bool), np.full(n, -np.inf, np.float32)
+        forward = backward = 0
+        run = self.compiled(model, input_range).run
+        eps_t, step_t = np.float32(eps), np.float32(self.step_size_for(eps))
+        active = np.arange(n)
+        for restart in range(self.restarts):
+            if active.size == 0:
+                break
+            if check is not None and restart > 0:
+                check()
+            seed_r = derive_seed(*seed_path, restart)
+            x_adv, pred, success, obj, steps = run(
+                x[active], goal[active], eps_t, step_t, seed_r, check=check
+            )
+            forward += int(steps.sum()) + active.size  # plus one scoring pass per sample
+            backward += int(steps.sum())
+            # Samples still active have only failed so far: a success or a higher loss replaces them.
+            better = success | (obj > best_obj[active]) | (restart == 0)
+            chosen = active[better]
+            best_x[chosen], best_pred[chosen] = x_adv[better], pred[better]
+            best_success[chosen], best_obj[chosen] = success[better], obj[better]
+            active = active[~success]
+        return AttackOutput(best_x, best_pred, best_success, best_obj, goal, forward, backward)
+
+    def goals(
+        self, y: np.ndarray, num_classes: int, seed: Sequence[int], targets: np.ndarray | None = None
+    ) -> np.ndarray:
+        """What each sample's attack aims at: its label, or its target class when targeted."""
+        if not self.targeted:
+            return y
+        if targets is not None:
+            return np.asarray(targets, dtype=np.int64)
+        if self.target is not None:
+            return np.full_like(y, self.target)
+        return random_targets(y, num_classes, (*seed, 0x7A59))

@@ -1,0 +1,38 @@
+"""Per-sample attack objectives on logits, written so that the attack always MAXIMISES them.
+
+An untargeted attack maximises the loss of the true label; a targeted one maximises the negated loss of
+its target class, so one gradient-ascent loop serves both.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import tensorflow as tf
+
+LossName = Literal["ce", "cw"]
+
+
+def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Softmax cross-entropy per sample; on log-probabilities it equals the negative log-likelihood."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
+def margin(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Carlini-Wagner margin max_{j != y} z_j - z_y per sample: positive exactly when y is not predicted."""
+    own = tf.one_hot(labels, tf.shape(logits)[-1], on_value=True, off_value=False)
+    z_label = tf.reduce_sum(tf.where(own, logits, tf.zeros_like(logits)), axis=-1)
+    z_other = tf.reduce_max(tf.where(own, tf.fill(tf.shape(logits), logits.dtype.min), logits), axis=-1)
+    return z_other - z_label
+
+
+def objective(logits: tf.Tensor, goal: tf.Tensor, *, loss: LossName, targeted: bool) -> tf.Tensor:
+    """What the attack maximises; `goal` is the true label, or the target class when targeted."""
+    value = cross_entropy(logits, goal) if loss == "ce" else margin(logits, goal)
+    return -value if targeted else value
+
+
+def is_success(logits: tf.Tensor, goal: tf.Tensor, *, targeted: bool) -> tf.Tensor:
+    """Untargeted: the label is no longer predicted. Targeted: the target is predicted."""
+    pred = tf.argmax(logits, axis=-1, output_type=goal.dtype)
+    return tf.equal(pred, goal) if targeted else tf.not_equal(pred, goal)

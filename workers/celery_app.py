@@ -1,0 +1,56 @@
+"""The Celery app of the workers: configuration from Settings, logging, and the reconciler thread.
+
+Start a worker with `parry worker` or
+`celery -A workers.celery_app worker --pool=solo -Q parry -l info`
+(pool solo: TensorFlow and fork do not mix, and one process per CPU slice or GPU is the unit anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, signals
+
+from service.broker import celery_config
+from service.settings import get_settings
+
+app = Celery("parry", include=["workers.tasks"])
+app.conf.update(celery_config(get_settings()))
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@signals.setup_logging.connect  # type: ignore[untyped-decorator]
+def _setup_logging(loglevel: int | str | None = None, logfile: str | None = None, **_: Any) -> None:
+    # Connecting this signal stops Celery from configuring logging itself; ours names the module.
+    level = loglevel if loglevel is not None else logging.INFO
+    handler: logging.Handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+@signals.worker_init.connect  # type: ignore[untyped-decorator]
+def _configure_devices(**_: Any) -> None:
+    # Before any task touches TensorFlow: memory growth must be set before a GPU is initialised.
+    from workers.devices import configure_devices
+
+    configure_devices()
+
+
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
+def _start_reconciler(**_: Any) -> None:
+    from workers.reconciler import start_reconciler
+    from workers.tasks import context
+
+    start_reconciler(context())
+
+
+@signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]
+def _hand_back_running_job(**_: Any) -> None:
+    # A warm shutdown would wait for the running job to end (hours): it stops and goes back to the queue.
+    from workers.heartbeat import SHUTTING_DOWN
+
+    SHUTTING_DOWN.set()

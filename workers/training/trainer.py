@@ -1,0 +1,560 @@
+"""The adversarial-training loop: compiled step, schedules, validation, early stop, rollback, resume.
+
+One job is one `AdversarialTrainer.run`. Its state is checkpointed every epoch (and every few batches),
+and every random draw is derived from (seed, epoch, batch), so a redelivered job continues where the
+last checkpoint left it and ends with the weights an uninterrupted run would have produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from service.datasets import ArrayDataset
+from service.schemas import (
+    EpochRecord,
+    EvaluationOptions,
+    EvaluationResult,
+    Progress,
+    TrainingOptions,
+    TrainingResult,
+)
+from workers.attacks import PGD, derive_seed
+from workers.evaluation import EvaluationCancelled, EvaluationError, evaluate
+from workers.models import LoadedModel, first_sentence
+from workers.training import checkpoint, schedules
+from workers.training.checkpoint import Checkpoint, RunState
+from workers.training.export import export_keras, export_saved_model_zip
+from workers.training.methods import MethodConfig, adversarial_inputs, training_loss
+from workers.training.optimizer import Adam
+from workers.training.progress import ProgressTracker
+
+_VALIDATION_BATCH = 500
+_EVALUATION_BATCH = 256
+# Seed-path tags, apart from every epoch index.
+_SUBSET_TAG, _VALIDATION_TAG, _HOLDOUT_TAG = 0x5B5E7, 0x7A11D, 0x401D0
+
+
+class TrainingError(ValueError):
+    """The model, the data and the options do not allow training; the message is one sentence."""
+
+
+class TrainingCancelled(Exception):
+    """`should_stop()` returned True; the position was checkpointed first."""
+
+
+@dataclass
+class TrainingOutcome:
+    """The result, the trained model (the same object, updated in place) and its exported files."""
+
+    result: TrainingResult
+    model: LoadedModel
+    saved_model_zip: Path
+    keras_path: Path | None
+
+    @property
+    def keras_model(self) -> Any:
+        return self.model.keras_model
+
+
+def train(
+    model: LoadedModel,
+    train_data: ArrayDataset,
+    val_data: ArrayDataset,
+    spec: TrainingOptions,
+    *,
+    checkpoint_dir: Path,
+    progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    export_dir: Path | None = None,
+    checkpoint_every: int = 100,
+) -> TrainingOutcome:
+    """Adversarially train `model` in place from its current weights and export it.
+
+    A checkpoint in `checkpoint_dir` from an earlier run of the same job (same model, data and options)
+    is resumed; any other is ignored and overwritten. Exports go to `export_dir` (default
+    `checkpoint_dir / "export"`): `model.zip` (SavedModel archive) and `model.keras` (Keras models only).
+
+    Raises:
+        TrainingError: the model has nothing to train, or the data does not fit it.
+        TrainingCancelled: `should_stop()` returned True (between two batches).
+    """
+    trainer = AdversarialTrainer(
+        model, spec, checkpoint_dir=Path(checkpoint_dir), checkpoint_every=checkpoint_every
+    )
+    return trainer.run(
+        train_data,
+        val_data,
+        progress=progress,
+        should_stop=should_stop,
+        export_dir=Path(export_dir) if export_dir is not None else Path(checkpoint_dir) / "export",
+    )
+
+
+def split_validation(
+    data: ArrayDataset, *, fraction: float = 0.1, seed: int = 0
+) -> tuple[ArrayDataset, ArrayDataset]:
+    """A seeded hold-out: (training part, validation part), for a job given no validation dataset."""
+    n = data.num_samples
+    held = min(max(1, round(fraction * n)), n - 1)
+    if n < 2:
+        raise TrainingError("The training dataset needs at least 2 samples to hold some out for validation.")
+    order = np.random.default_rng([seed, _HOLDOUT_TAG]).permutation(n)
+    parts = []
+    for name, idx in (("train", np.sort(order[held:])), ("validation", np.sort(order[:held]))):
+        digest = hashlib.sha256(f"{data.sha256}:{name}:{fraction}:{seed}".encode()).hexdigest()
+        parts.append(ArrayDataset(data.x[idx], data.y[idx], digest, f"{data.name}:{name}"))
+    return parts[0], parts[1]
+
+
+def trainable_variables(model: LoadedModel) -> tuple[list[tf.Variable], list[tf.Variable]]:
+    """The trainable variables the model's forward pass reads, and all the variables it reads."""
+    spec = tf.TensorSpec((None, *model.input_shape), tf.float32)
+    try:
+        traced = tf.function(model.logits).get_concrete_function(spec)
+    except Exception as exc:
+        raise TrainingError(f"The model cannot be traced for training: {first_sentence(exc)}") from exc
+    # `traced.variables` comes in no fixed order; the capture order is the graph's own, the same on every
+    # load of the model, so checkpoints can store the weights as a list.
+    position = {id(t): i for i, t in enumerate(traced.captured_inputs)}
+
+    def order(v: tf.Variable) -> tuple[int, str]:
+        return position.get(id(v.handle), len(position)), v.name
+
+    trainable = sorted(traced.trainable_variables, key=order)
+    if not trainable:
+        raise TrainingError(
+            "The model has no trainable variables (its weights are constants or frozen), "
+            "so it cannot be trained; upload a Keras model or a SavedModel exported with its variables "
+            "(e.g. `model.export(path)`)."
+        )
+    return trainable, sorted(traced.variables, key=order)
+
+
+class AdversarialTrainer:
+    """Adversarial training (Madry et al. PGD, Wong et al. FGSM-RS, or Zhang et al. TRADES) with Adam.
+
+    Args:
+        model: trained in place; its `logits` must read the variables to train.
+        options: the method and its schedule (a TrainingSpec or TrainingOptions).
+        checkpoint_dir: where the run's checkpoint lives.
+        checkpoint_every: batches between two checkpoints inside an epoch (one is always written at
+            the end of an epoch and on cancellation).
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        options: TrainingOptions,
+        *,
+        checkpoint_dir: Path,
+        checkpoint_every: int = 100,
+    ) -> None:
+        self._clock = time.perf_counter()  # the run's wall time includes tracing the step
+        self.model, self.options = model, options
+        self.checkpoint_dir, self.checkpoint_every = checkpoint_dir, max(1, checkpoint_every)
+        self.variables, self._all_variables = trainable_variables(model)
+        self.config = MethodConfig(
+            method=options.method,
+            norm=options.norm,
+            steps=options.steps,
+            beta=options.beta,
+            clean_fraction=options.clean_fraction,
+            bounds=(float(options.input_range[0]), float(options.input_range[1])),
+        )
+        self.optimizer = Adam(self.variables)
+        self._step = self._compile_step()
+        self._validator = PGD(steps=options.validation_steps, norm=options.norm, random_start=True)
+
+    # --- the compiled step ----------------------------------------------------------------------------
+    def _compile_step(self) -> Callable[..., Any]:
+        model, config, variables, optimizer = self.model, self.config, self.variables, self.optimizer
+        missing: list[int] = []
+
+        def step(
+            x: tf.Tensor, y: tf.Tensor, eps: tf.Tensor, step_size: tf.Tensor, lr: tf.Tensor, seed: tf.Tensor
+        ) -> Any:
+            x_adv = adversarial_inputs(config, model.logits, x, y, eps=eps, step_size=step_size, seed=seed)
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(variables)
+                loss, z = training_loss(config, model.logits, x, x_adv, y)
+            grads = tape.gradient(loss, variables)
+            missing[:] = [i for i, g in enumerate(grads) if g is None]  # known when tracing
+            optimizer.apply(grads, lr)
+            correct = tf.reduce_sum(
+                tf.cast(tf.equal(tf.argmax(z, axis=-1, output_type=tf.int64), y), tf.int64)
+            )
+            return loss, correct
+
+        signature = [
+            tf.TensorSpec((None, *model.input_shape), tf.float32),
+            tf.TensorSpec((None,), tf.int64),
+            tf.TensorSpec((), tf.float32),
+            tf.TensorSpec((), tf.float32),
+            tf.TensorSpec((), tf.float32),
+            tf.TensorSpec((2,), tf.int64),
+        ]
+        compiled = tf.function(step, input_signature=signature, autograph=False)
+        try:
+            compiled.get_concrete_function()
+        except Exception as exc:
+            raise TrainingError(f"The model's training step cannot be built: {first_sentence(exc)}") from exc
+        if len(missing) == len(variables):
+            raise TrainingError(
+                "The model's loss has no gradient with respect to any of its variables, "
+                "so it cannot be trained."
+            )
+        run: Callable[..., Any] = compiled
+        return run
+
+    # --- one job --------------------------------------------------------------------------------------
+    def run(
+        self,
+        train_data: ArrayDataset,
+        val_data: ArrayDataset,
+        *,
+        progress: Callable[[Progress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        export_dir: Path,
+    ) -> TrainingOutcome:
+        opts = self.options
+        x, y = self._prepare(train_data, "training")
+        x_val, y_val = self._prepare(val_data, "validation")
+        subset = self._validation_subset(x_val.shape[0])
+        state, resumed = self._resume(self._fingerprint(train_data, val_data))
+        stop = should_stop or (lambda: False)
+        train_units = x.shape[0] * self.config.passes_per_sample
+        check_units = subset.size * (opts.validation_steps + 1)
+        eval_units = self._evaluation_units(x_val.shape[0])
+        done = (eval_units if state.before is not None else 0) + state.epoch * (train_units + check_units)
+        done += state.seen * self.config.passes_per_sample
+        tracker = ProgressTracker(
+            progress, total=2 * eval_units + opts.epochs * (train_units + check_units), done=done
+        )
+
+        if state.before is None and opts.evaluate:
+            before = self._evaluate(val_data, tracker, eval_units, "evaluate before", stop)
+            state.before = before.model_dump(mode="json")
+            self._save(state)
+            state.epoch_seconds = 0.0
+        if not state.finished:
+            self._train(state, x, y, x_val[subset], y_val[subset], tracker, stop)
+        after = (
+            self._evaluate(val_data, tracker, eval_units, "evaluate after", stop) if opts.evaluate else None
+        )
+
+        tracker.report("export", force=True)
+        zip_path = export_saved_model_zip(self.model, export_dir / "model.zip")
+        keras_path = export_keras(self.model, export_dir / "model.keras")
+        if keras_path is None:
+            state.notes.append(
+                "the model was uploaded as a SavedModel, so it is exported as a SavedModel only"
+            )
+        history = [EpochRecord(**h) for h in state.history]
+        robust = [h.robust_accuracy for h in history]
+        exported = (
+            schedules.best_epoch(robust) if state.rolled_back or state.stopped_early else len(history) - 1
+        )
+        result = TrainingResult(
+            method=opts.method,
+            history=history,
+            best_epoch=None if exported is None or not history else exported + 1,
+            epochs_completed=len(history),
+            stopped_early=state.stopped_early,
+            rolled_back=state.rolled_back,
+            notes=state.notes,
+            before=EvaluationResult(**state.before) if state.before is not None else None,
+            after=after,
+            num_train_samples=int(x.shape[0]),
+            num_validation_samples=int(x_val.shape[0]),
+            seconds=self._tick(state),
+            resumed=resumed,
+            model_sha256=self.model.sha256,
+            train_dataset_sha256=train_data.sha256,
+            validation_dataset_sha256=val_data.sha256,
+            seed=opts.seed,
+            versions=_versions(),
+        )
+        tracker.advance(tracker.total, "done", force=True)
+        return TrainingOutcome(result, self.model, zip_path, keras_path)
+
+    def _train(
+        self,
+        state: RunState,
+        x: np.ndarray,
+        y: np.ndarray,
+        x_check: np.ndarray,
+        y_check: np.ndarray,
+        tracker: ProgressTracker,
+        stop: Callable[[], bool],
+    ) -> None:
+        opts = self.options
+        n, size = x.shape[0], opts.batch_size
+        batches = math.ceil(n / size)
+        total_steps = opts.epochs * batches
+        ramp_steps = round(opts.ramp_epochs() * batches)
+        full_step = opts.step_size_at_full_eps()
+        lr = opts.learning_rate
+        for epoch in range(state.epoch, opts.epochs):
+            order = np.random.default_rng([opts.seed, epoch]).permutation(n)
+            for batch in range(state.batch, batches):
+                self._check(stop, state)
+                chosen = order[batch * size : (batch + 1) * size]
+                g = epoch * batches + batch
+                eps = schedules.eps_at(g, eps=opts.eps, ramp_steps=ramp_steps)
+                lr = schedules.learning_rate_at(
+                    g, base=opts.learning_rate, total_steps=total_steps, schedule=opts.lr_schedule
+                )
+                loss, correct = self._step(
+                    x[chosen],
+                    y[chosen],
+                    np.float32(eps),
+                    np.float32(full_step * eps / opts.eps),
+                    np.float32(lr),
+                    derive_seed(opts.seed, epoch, batch),
+                )
+                if not math.isfinite(float(loss)):
+                    raise TrainingError(
+                        f"The training loss became {float(loss)} at epoch {epoch + 1}, batch {batch + 1}; "
+                        "lower learning_rate or check the model's weights."
+                    )
+                state.loss_sum += float(loss) * chosen.size
+                state.correct += int(correct)
+                state.seen += chosen.size
+                state.batch = batch + 1
+                tracker.advance(
+                    chosen.size * self.config.passes_per_sample,
+                    f"epoch {epoch + 1}/{opts.epochs} batch {batch + 1}/{batches} "
+                    f"loss {state.loss_sum / state.seen:.4f}",
+                )
+                if state.batch % self.checkpoint_every == 0 and state.batch < batches:
+                    self._save(state)
+
+            clean, robust = self._validate(x_check, y_check, epoch, tracker, stop, state)
+            self._tick(state)
+            record = EpochRecord(
+                epoch=epoch + 1,
+                loss=state.loss_sum / max(state.seen, 1),
+                train_accuracy=state.correct / max(state.seen, 1),
+                clean_accuracy=clean,
+                robust_accuracy=robust,
+                eps=schedules.eps_at((epoch + 1) * batches - 1, eps=opts.eps, ramp_steps=ramp_steps),
+                learning_rate=lr,
+                seconds=state.epoch_seconds,
+            )
+            state.history.append(record.model_dump())
+            state.epoch, state.batch = epoch + 1, 0
+            state.loss_sum, state.correct, state.seen, state.epoch_seconds = 0.0, 0, 0, 0.0
+            tracker.report(
+                f"epoch {epoch + 1}/{opts.epochs} clean {clean:.3f} robust {robust:.3f}", force=True
+            )
+            self._after_epoch(state)
+            self._save(state)
+            if state.finished:
+                return
+        state.finished = True
+        self._save(state)
+
+    def _after_epoch(self, state: RunState) -> None:
+        """Keep the best weights; roll back on a robust-accuracy collapse or exhausted patience."""
+        opts = self.options
+        robust = [h["robust_accuracy"] for h in state.history]
+        if schedules.best_epoch(robust) == len(robust) - 1:
+            state.best_file = checkpoint.save_best(self.checkpoint_dir, len(robust), self._weights())
+        target = schedules.collapse(robust) if opts.guard_enabled() else None
+        if target is not None:
+            state.notes.append(
+                f"catastrophic overfitting at epoch {len(robust)}: validation PGD accuracy fell from "
+                f"{robust[target]:.3f} (epoch {target + 1}) to {robust[-1]:.3f}; rolled back to epoch "
+                f"{target + 1} and stopped"
+            )
+            state.rolled_back = True
+        elif schedules.patience_exhausted(robust, opts.early_stop_patience):
+            target = schedules.best_epoch(robust)
+            assert target is not None
+            state.notes.append(
+                f"early stop after epoch {len(robust)}: no better validation PGD accuracy for "
+                f"{opts.early_stop_patience} epochs; kept epoch {target + 1} ({robust[target]:.3f})"
+            )
+            state.stopped_early = True
+        if target is None:
+            return
+        assert state.best_file is not None
+        self._set_weights(checkpoint.load_best(self.checkpoint_dir, state.best_file, len(self.variables)))
+        state.finished = True
+
+    def _validate(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        epoch: int,
+        tracker: ProgressTracker,
+        stop: Callable[[], bool],
+        state: RunState,
+    ) -> tuple[float, float]:
+        """Clean and PGD accuracy at the full eps on the validation subset."""
+        predict = self._predict()
+        clean = robust = 0
+        bounds = self.config.bounds
+        for start in range(0, x.shape[0], _VALIDATION_BATCH):
+            self._check(stop, state)
+            xb, yb = x[start : start + _VALIDATION_BATCH], y[start : start + _VALIDATION_BATCH]
+            correct = predict(xb).numpy() == yb
+            clean += int(correct.sum())
+            if correct.any():
+                seed = (self.options.seed, _VALIDATION_TAG, epoch, start)
+                out = self._validator(
+                    self.model, xb[correct], yb[correct], eps=self.options.eps, seed=seed, input_range=bounds
+                )
+                robust += int((~out.success).sum())
+            tracker.advance(xb.shape[0] * (self.options.validation_steps + 1), f"validate epoch {epoch + 1}")
+        n = max(x.shape[0], 1)
+        return clean / n, robust / n
+
+    def _predict(self) -> Callable[[np.ndarray], tf.Tensor]:
+        key = ("training-predict",)
+        if key not in self.model.cache:
+            spec = tf.TensorSpec((None, *self.model.input_shape), tf.float32)
+            logits = self.model.logits
+
+            def predict(x: tf.Tensor) -> tf.Tensor:
+                return tf.argmax(logits(x), axis=-1, output_type=tf.int64)
+
+            self.model.cache[key] = tf.function(predict, input_signature=[spec], autograph=False)
+        return self.model.cache[key]  # type: ignore[no-any-return]
+
+    def _evaluate(
+        self, data: ArrayDataset, tracker: ProgressTracker, units: float, stage: str, stop: Callable[[], bool]
+    ) -> EvaluationResult:
+        options = EvaluationOptions(
+            attacks=self.options.evaluate,
+            input_range=self.options.input_range,
+            batch_size=_EVALUATION_BATCH,
+            seed=self.options.seed,
+        )
+        try:
+            outcome = evaluate(
+                self.model,
+                data,
+                options,
+                progress=lambda p: tracker.report(f"{stage}: {p.stage}", extra=p.fraction * units),
+                should_stop=stop,
+            )
+        except EvaluationCancelled as exc:
+            raise TrainingCancelled("the training was cancelled") from exc
+        except EvaluationError as exc:
+            raise TrainingError(f"The evaluation before or after training failed: {exc}.") from exc
+        tracker.advance(units, stage, force=True)
+        return outcome.result
+
+    def _evaluation_units(self, n: int) -> float:
+        steps = 0
+        for spec in self.options.evaluate:
+            per_eps = getattr(spec, "steps", 1) * getattr(spec, "restarts", 1)
+            steps += per_eps * len(spec.eps_values())
+        return float(n * (1 + steps)) if self.options.evaluate else 0.0
+
+    # --- data, state and weights ----------------------------------------------------------------------
+    def _prepare(self, data: ArrayDataset, what: str) -> tuple[np.ndarray, np.ndarray]:
+        shape = self.model.input_shape
+        if data.num_samples == 0:
+            raise TrainingError(f"The {what} dataset has no samples.")
+        x = np.asarray(data.x, dtype=np.float32)
+        if tuple(x.shape[1:]) != shape:
+            if int(np.prod(x.shape[1:])) != int(np.prod(shape)):
+                raise TrainingError(
+                    f"The {what} samples have shape {tuple(x.shape[1:])} but the model takes {shape}."
+                )
+            x = x.reshape((x.shape[0], *shape))
+        y = np.asarray(data.y, dtype=np.int64)
+        if y.min() < 0 or y.max() >= self.model.num_classes:
+            raise TrainingError(
+                f"The {what} labels range over [{y.min()}, {y.max()}] but the model has "
+                f"{self.model.num_classes} classes."
+            )
+        lo, hi = self.options.input_range
+        tolerance = 1e-6 * (hi - lo)
+        if float(x.min()) < lo - tolerance or float(x.max()) > hi + tolerance:
+            raise TrainingError(
+                f"The {what} samples have values in [{float(x.min()):g}, {float(x.max()):g}] outside "
+                f"input_range [{lo:g}, {hi:g}]; set input_range to the model's input range."
+            )
+        return np.clip(x, lo, hi), y
+
+    def _validation_subset(self, n: int) -> np.ndarray:
+        wanted = self.options.validation_samples
+        if wanted is None or wanted >= n:
+            return np.arange(n)
+        rng = np.random.default_rng([self.options.seed, _SUBSET_TAG])
+        return np.sort(rng.choice(n, size=wanted, replace=False))
+
+    def _fingerprint(self, train_data: ArrayDataset, val_data: ArrayDataset) -> str:
+        options = self.options.model_dump(mode="json", include=set(TrainingOptions.model_fields))
+        identity = {
+            "model": self.model.sha256,
+            "variables": [[v.name, v.shape.as_list()] for v in self.variables],
+            "train": train_data.sha256,
+            "validation": val_data.sha256,
+            "options": options,
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    def _resume(self, fingerprint: str) -> tuple[RunState, bool]:
+        found = checkpoint.load(self.checkpoint_dir)
+        if found is not None and found.state.fingerprint == fingerprint and self._fits(found):
+            self._set_weights(found.weights)
+            self.optimizer.restore(found.optimizer)
+            return found.state, True
+        state = RunState(fingerprint)
+        if found is not None:
+            state.notes.append("a checkpoint of another model, dataset or options was ignored")
+        return state, False
+
+    def _fits(self, found: Checkpoint) -> bool:
+        shapes = [tuple(v.shape.as_list()) for v in self.variables]
+        return [w.shape for w in found.weights] == shapes and len(found.optimizer) == 1 + 2 * len(shapes)
+
+    def _check(self, stop: Callable[[], bool], state: RunState) -> None:
+        """Checkpoint the position and raise TrainingCancelled when asked to stop."""
+        if stop():
+            self._save(state)
+            raise TrainingCancelled("the training was cancelled")
+
+    def _tick(self, state: RunState) -> float:
+        """Add the wall time since the last tick to the run's and the epoch's; returns the run's total."""
+        now = time.perf_counter()
+        state.seconds += now - self._clock
+        state.epoch_seconds += now - self._clock
+        self._clock = now
+        return state.seconds
+
+    def _save(self, state: RunState) -> None:
+        self._tick(state)
+        checkpoint.save(self.checkpoint_dir, Checkpoint(state, self._weights(), self.optimizer.state()))
+
+    def _weights(self) -> list[np.ndarray]:
+        return [v.numpy() for v in self.variables]
+
+    def _set_weights(self, weights: list[np.ndarray]) -> None:
+        for var, value in zip(self.variables, weights, strict=True):
+            var.assign(value)
+
+
+def _versions() -> dict[str, str]:
+    import keras
+
+    try:
+        parry = metadata.version("parry")
+    except metadata.PackageNotFoundError:
+        parry = "unknown"
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__, "parry": parry}
