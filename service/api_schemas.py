@@ -43,6 +43,10 @@ class ModelOut(BaseModel):
     output: str = Field(description="logits | probabilities (auto until validated)")
     rejection: str | None
     created_at: datetime
+    trainable: bool | None = Field(
+        default=None,
+        description="Whether adversarial training can update the model's weights (null until validated).",
+    )
 
     @classmethod
     def of(cls, record: ModelRecord) -> ModelOut:
@@ -58,6 +62,7 @@ class ModelOut(BaseModel):
             output=record.output,
             rejection=record.rejection,
             created_at=record.created_at,
+            trainable=record.trainable,
         )
 
 

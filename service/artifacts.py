@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,7 +175,8 @@ def _sidecar(path: Path) -> Path:
 
 def _write_sidecar(path: Path, digest: str) -> None:
     side = _sidecar(path)
-    tmp = side.with_name(side.name + f".{os.getpid()}.tmp")
+    # Unique per thread too: two API threads may list (and so rewrite) one job's sidecars at once.
+    tmp = side.with_name(side.name + f".{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(f"{digest} {path.stat().st_size} {path.stat().st_mtime_ns}\n")
     os.replace(tmp, side)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import secrets
-import threading
 from collections.abc import Callable
 
 from service.settings import Settings
@@ -67,15 +66,13 @@ class KeyRing:
         self._store = store
         self._env_owners = {hash_key(k): f"env_{hash_key(k)[:16]}" for k in configured_env_keys(settings)}
         self._closed = bool(self._env_owners)
-        self._lock = threading.Lock()
 
     def is_open(self) -> bool:
         """True while no key is configured in the environment and none was ever created in the store."""
         if self._closed:
             return False
         if self._store.has_api_keys():
-            with self._lock:
-                self._closed = True
+            self._closed = True  # only ever goes from False to True, so threads need no lock
             return False
         return True
 
@@ -90,13 +87,6 @@ class KeyRing:
     def resolver(self) -> KeyResolver | None:
         """What `app.state.key_resolver` holds for the UI: None in open mode, else `owner_of`."""
         return None if self.is_open() else self.owner_of
-
-
-def parse_bearer(authorization: str | None) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header, None for anything else."""
-    scheme, _, token = (authorization or "").partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
 
 
 def is_loopback(host: str) -> bool:

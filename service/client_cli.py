@@ -322,7 +322,7 @@ def _run_train(args: argparse.Namespace) -> int:
             )
         spec = TrainingSpec.model_validate(body)  # a typo is a sentence here, not a 422 later
         job = client.submit_training(
-            spec.model_dump(mode="json", exclude_none=True), idempotency_key=args.idempotency_key
+            spec.model_dump(mode="json", exclude_unset=True), idempotency_key=args.idempotency_key
         )
         return _submitted(client, job, args)
 

@@ -59,6 +59,8 @@ models_table = sa.Table(
     sa.Column("rejection", sa.Text),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # Whether validation found trainable variables (null: not known yet, or validated by older code).
+    sa.Column("trainable", sa.Boolean),
     sa.UniqueConstraint("owner", "sha256", name="uq_models_owner_sha256"),
 )
 

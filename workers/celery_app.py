@@ -40,6 +40,14 @@ def _configure_devices(**_: Any) -> None:
     configure_devices()
 
 
+@signals.worker_init.connect  # type: ignore[untyped-decorator]
+def _apply_limits(**_: Any) -> None:
+    # Before any model is loaded: limits the model's code cannot raise again (workers/sandbox.py).
+    from workers.sandbox import apply_limits
+
+    apply_limits(get_settings())
+
+
 @signals.worker_ready.connect  # type: ignore[untyped-decorator]
 def _start_reconciler(**_: Any) -> None:
     from workers.reconciler import start_reconciler

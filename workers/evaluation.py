@@ -27,6 +27,7 @@ from service.schemas import (
 from workers import sanity
 from workers.attacks import Attack, attack_from_spec
 from workers.attacks.losses import cross_entropy
+from workers.examples import ExampleKeeper
 from workers.models import LoadedModel
 from workers.robustness import AttackRun, attack_result, cost, per_class, worst_case
 
@@ -50,6 +51,8 @@ class EvaluationOutcome:
 
     result: EvaluationResult
     per_sample: dict[str, np.ndarray]
+    # The arrays of `adversarial_examples.npz` (workers/examples.py), when asked for with keep_examples.
+    examples: dict[str, np.ndarray] | None = None
 
     def save_per_sample(self, path: str | Path) -> None:
         np.savez_compressed(path, **self.per_sample)  # type: ignore[arg-type]
@@ -85,8 +88,12 @@ def evaluate(
     *,
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    keep_examples: int = 0,
 ) -> EvaluationOutcome:
     """Evaluate `model` on `dataset` under every attack of `options` at each of its eps values.
+
+    With `keep_examples` > 0, that many samples per class (at most 20 in all) keep their adversarial
+    inputs, returned as `outcome.examples` for the report page's example grid.
 
     Timing: when an attack's graph is not yet compiled for this model, it is traced and run once on a
     single sample before the clock starts; that warm-up is left out of the attack's `seconds`,
@@ -114,14 +121,20 @@ def evaluate(
 
     clean_pred, zero_grad, bad_grad = _clean_pass(model, x, y, options.batch_size, tracker)
     clean_correct = clean_pred == y
+    keeper = (
+        ExampleKeeper.for_samples(y, clean_pred, keep_examples, x.shape[1:]) if keep_examples > 0 else None
+    )
     tracker.total = n + sum(
         int(clean_correct.sum()) * a.gradient_steps * a.restarts * len(s.eps_values()) for s, a in attacks
     )
-    runs = attack_runs(model, x, y, clean_pred, options, tracker)
+    runs = attack_runs(model, x, y, clean_pred, options, tracker, keeper=keeper)
     outcome = summarize(
         runs, y, clean_pred, zero_grad, bad_grad, options, warnings=warnings, num_classes=model.num_classes,
         model_sha256=model.sha256, dataset_sha256=dataset.sha256, seconds=time.perf_counter() - started,
     )  # fmt: skip
+    if keeper is not None:
+        accuracies = [a.robust_accuracy for a in outcome.result.attacks]
+        outcome.examples = keeper.arrays(x, y, clean_pred, runs, accuracies, input_range=options.input_range)
     tracker.done = tracker.total
     tracker.advance(0.0, "done")
     return outcome
@@ -136,6 +149,7 @@ def attack_runs(
     tracker: _Tracker,
     *,
     batches: range | None = None,
+    keeper: ExampleKeeper | None = None,
 ) -> list[AttackRun]:
     """Every attack at every eps, in the report's order; with `batches`, only those global batch indices.
 
@@ -153,6 +167,7 @@ def attack_runs(
                     model, attack, spec, x, y, goal, clean_correct, clean_pred, options,
                     index=index, eps=eps, seed=(options.seed, index, eps_index), tracker=tracker,
                     batches=batches,
+                    keeper=keeper,
                 )
             )  # fmt: skip
     return runs
@@ -328,8 +343,11 @@ def _run_attack(
     seed: tuple[int, ...],
     tracker: _Tracker,
     batches: range | None = None,
+    keeper: ExampleKeeper | None = None,
 ) -> AttackRun:
     """One attack at one eps over the clean-correct samples, batch by batch (only `batches` when given)."""
+    if keeper is not None:
+        keeper.start(x)  # samples never attacked keep their clean input
     n = x.shape[0]
     stage = f"{spec.name} eps={eps:g}"
     # A targeted attack whose target is the label itself has nothing to do.
@@ -377,6 +395,8 @@ def _run_attack(
         l2[chosen] = np.sqrt(np.square(delta, dtype=np.float64).sum(axis=1))
         forward += out.forward_passes
         backward += out.backward_passes
+        if keeper is not None:
+            keeper.record(chosen, out.x_adv)
         tracker.advance(units * chosen.size, stage)
     # Samples left out (clean-wrong, or targeted at their own label) still count in the expected work.
     tracker.advance(units * int(clean_correct.sum() - indices.size) if whole else 0.0, stage)

@@ -261,7 +261,7 @@ def _check_graph(
         )
     # Name the most telling operation: a known dangerous one before, say, the string formatting it uses.
     known = [f for f in found if forbidden_reason(f.op)]
-    return (known or found or [None])[0]
+    return (known or found)[0] if found else None
 
 
 def _check_nodes(

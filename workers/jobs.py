@@ -25,11 +25,15 @@ from service.schemas import EvaluationOptions, EvaluationSpec, Progress
 from service.settings import Settings
 from service.store import JobStore, ModelRecord
 from workers.evaluation import EvaluationCancelled, EvaluationError, evaluate
+from workers.examples import EXAMPLES_ARTIFACT, examples_npz
 from workers.heartbeat import Heartbeat
 from workers.model_cache import ModelCache
 from workers.models import LoadedModel, ModelLoadError, load_model
 
 log = logging.getLogger(__name__)
+
+# Samples per class kept (with their adversarial versions) for the report page's example grid.
+EXAMPLES_PER_CLASS = 2
 
 INTERNAL_ERROR = (
     "the worker hit an internal error while running this job; the operator's worker log has details"
@@ -71,7 +75,11 @@ def validate_model(ctx: WorkerContext, model_id: str) -> str | None:
         )
         return "rejected"
     ctx.store.set_model_ready(
-        model_id, input_shape=list(model.input_shape), num_classes=model.num_classes, output=model.output
+        model_id,
+        input_shape=list(model.input_shape),
+        num_classes=model.num_classes,
+        output=model.output,
+        trainable=_trainable(model, model_id),
     )
     # Jobs look the model up by the output kind found here, so the first job on it starts warm.
     ctx.models.put(cache_key(record.sha256, model.output), model)
@@ -80,6 +88,21 @@ def validate_model(ctx: WorkerContext, model_id: str) -> str | None:
         model_id, record.sha256, model.format, model.input_shape, model.num_classes, model.output,
     )  # fmt: skip
     return "ready"
+
+
+def _trainable(model: LoadedModel, model_id: str) -> bool | None:
+    """Whether adversarial training could update the model (POST /v1/trainings refuses it at once if not)."""
+    from workers.training import TrainingError, trainable_variables  # the training engine, only here
+
+    try:
+        trainable_variables(model)
+    except TrainingError as exc:
+        log.info("model %s: cannot be trained: %s", model_id, exc)
+        return False
+    except Exception:  # unknown: leave it to the training job, which says why in a sentence
+        log.warning("model %s: could not tell whether it is trainable", model_id, exc_info=True)
+        return None
+    return True
 
 
 def run_evaluation(ctx: WorkerContext, job_id: str) -> str | None:
@@ -116,10 +139,15 @@ def run_evaluation(ctx: WorkerContext, job_id: str) -> str | None:
                 job_id, spec.model_id, model.sha256, spec.dataset_id, samples,
             )  # fmt: skip
             outcome = evaluate(
-                model, dataset, options, progress=heartbeat.update, should_stop=heartbeat.should_stop
+                model,
+                dataset,
+                options,
+                progress=heartbeat.update,
+                should_stop=heartbeat.should_stop,
+                keep_examples=EXAMPLES_PER_CLASS,
             )
         result = outcome.result.model_dump(mode="json")
-        _write_artifacts(ctx, job_id, result, outcome.per_sample)
+        _write_artifacts(ctx, job_id, result, outcome.per_sample, outcome.examples)
         status = "succeeded"
     except EvaluationCancelled:
         if heartbeat.stop_reason == "shutdown":
@@ -208,7 +236,11 @@ def _builtin(ref: str) -> ArrayDataset:
 
 
 def _write_artifacts(
-    ctx: WorkerContext, job_id: str, result: dict[str, Any], per_sample: dict[str, Any]
+    ctx: WorkerContext,
+    job_id: str,
+    result: dict[str, Any],
+    per_sample: dict[str, Any],
+    examples: dict[str, Any] | None = None,
 ) -> None:
     # Same names on a rerun, so a rerun overwrites rather than adds.
     ctx.artifacts.write_job_artifact(job_id, "report.json", json.dumps(result, indent=2).encode())
@@ -216,3 +248,5 @@ def _write_artifacts(
     arrays: dict[str, Any] = {name: np.asarray(values) for name, values in per_sample.items()}
     np.savez(buffer, **arrays)
     ctx.artifacts.write_job_artifact(job_id, "per_sample.npz", buffer.getvalue())
+    if examples is not None:
+        ctx.artifacts.write_job_artifact(job_id, EXAMPLES_ARTIFACT, examples_npz(examples))

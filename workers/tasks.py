@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import AbstractContextManager
 from functools import lru_cache
+from pathlib import Path
 
 from service.artifacts import ArtifactStore
-from service.broker import DELIVER_CALLBACK, QUEUE, RUN_EVALUATION, RUN_EVALUATION_SHARD, VALIDATE_MODEL
+from service.broker import (
+    DELIVER_CALLBACK,
+    QUEUE,
+    RUN_EVALUATION,
+    RUN_EVALUATION_SHARD,
+    RUN_TRAINING,
+    VALIDATE_MODEL,
+)
 from service.settings import get_settings
 from service.store import JobStore
-from workers import callbacks, jobs, shards
+from workers import callbacks, jobs, sandbox, shards, training_jobs
 from workers.celery_app import app
 from workers.model_cache import ModelCache
 
@@ -23,6 +32,8 @@ from workers.model_cache import ModelCache
 def context() -> jobs.WorkerContext:
     """The worker process's store, artifact store and model cache, built on first use."""
     settings = get_settings()
+    # Absolute, because each job runs with its cwd in its own directory (workers/sandbox.py).
+    settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
     store = JobStore(settings.resolved_database_url)
     store.create_schema()
     return jobs.WorkerContext(
@@ -36,24 +47,37 @@ def context() -> jobs.WorkerContext:
     )
 
 
+def _job_directory(job_id: str) -> AbstractContextManager[Path]:
+    return sandbox.job_directory(context().settings.data_dir, job_id)
+
+
 def send_task(name: str, job_id: str) -> None:
     app.send_task(name, args=[job_id], queue=QUEUE)
 
 
 @app.task(name=VALIDATE_MODEL)  # type: ignore[untyped-decorator]
 def validate_model(model_id: str) -> None:
-    jobs.validate_model(context(), model_id)
+    with _job_directory(model_id):
+        jobs.validate_model(context(), model_id)
 
 
 @app.task(name=RUN_EVALUATION)  # type: ignore[untyped-decorator]
 def run_evaluation(job_id: str) -> None:
     # Large evaluations are split into shards (workers/shards.py); the rest run whole in `jobs`.
-    shards.run_evaluation(context(), job_id)
+    with _job_directory(job_id):
+        shards.run_evaluation(context(), job_id)
 
 
 @app.task(name=RUN_EVALUATION_SHARD)  # type: ignore[untyped-decorator]
 def run_evaluation_shard(key: str) -> None:
-    shards.run_shard(context(), key)
+    with _job_directory(key):
+        shards.run_shard(context(), key)
+
+
+@app.task(name=RUN_TRAINING)  # type: ignore[untyped-decorator]
+def run_training(job_id: str) -> None:
+    with _job_directory(job_id):
+        training_jobs.run_training(context(), job_id)
 
 
 @app.task(  # type: ignore[untyped-decorator]
@@ -65,4 +89,5 @@ def run_evaluation_shard(key: str) -> None:
     retry_jitter=False,
 )
 def deliver_callback(job_id: str) -> None:
-    callbacks.deliver(context().store, job_id)
+    ctx = context()
+    callbacks.deliver(ctx.store, job_id, allow_private=ctx.settings.callback_allow_private)

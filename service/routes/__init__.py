@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from service.routes import datasets, evaluations, health, jobs, models
+from service.routes import datasets, evaluations, health, jobs, models, trainings
 from service.ui import routes as ui
 
-ROUTERS = (health.router, models.router, datasets.router, evaluations.router, jobs.router, ui.router)
+ROUTERS = (
+    health.router,
+    models.router,
+    datasets.router,
+    evaluations.router,
+    trainings.router,
+    jobs.router,
+    ui.router,
+)

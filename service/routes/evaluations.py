@@ -12,12 +12,14 @@ from fastapi import APIRouter, Header, Response, status
 from service import broker
 from service.api_schemas import DatasetOut, JobOut, Problem
 from service.artifacts import ArtifactStore
+from service.callback_urls import check_callback_url
 from service.deps import ArtifactsDep, EnqueuerDep, JobStoreDep, OwnerDep, SettingsDep
 from service.errors import IncompatibleSpec, NotFound
+from service.limits import check_steps, evaluation_steps
 from service.queue import send_logged
 from service.reuse import evaluation_cache_key
 from service.routes.datasets import resolve_dataset
-from service.schemas import EvaluationSpec
+from service.schemas import AttackSpec, EvaluationSpec
 from service.settings import Settings
 from service.store import JobStore, ModelRecord
 
@@ -83,17 +85,10 @@ def check_evaluation(
     spec: EvaluationSpec, *, store: JobStore, owner: str, settings: Settings
 ) -> tuple[ModelRecord, DatasetOut]:
     """Refuse, with a sentence, what would certainly fail in the worker; the model and dataset otherwise."""
-    try:
-        model = store.get_model(spec.model_id, owner=owner)
-    except NotFound as exc:
-        raise NotFound(f"model {spec.model_id!r} does not exist; upload it with POST /v1/models") from exc
-    try:
-        dataset = resolve_dataset(store, spec.dataset_id, owner=owner)
-    except NotFound as exc:
-        raise NotFound(
-            f"dataset {spec.dataset_id!r} does not exist; upload one with POST /v1/datasets "
-            "or use a built-in id such as builtin:mnist-5k:test"
-        ) from exc
+    model = find_model(store, spec.model_id, owner=owner)
+    dataset = find_dataset(store, spec.dataset_id, owner=owner)
+    if spec.callback_url:
+        check_callback_url(spec.callback_url, allow_private=settings.callback_allow_private)
     if model.status == "rejected":
         raise IncompatibleSpec(f"model {model.id} was rejected: {model.rejection}")
     samples = dataset.num_samples if spec.max_samples is None else min(spec.max_samples, dataset.num_samples)
@@ -103,29 +98,64 @@ def check_evaluation(
             f"{settings.max_samples_per_job:,} per job; set max_samples",
             errors=[{"loc": ["body", "max_samples"], "msg": f"at most {settings.max_samples_per_job}"}],
         )
+    check_steps(
+        evaluation_steps(spec.attacks, samples),
+        settings.max_gradient_steps_per_job,
+        what="evaluation",
+        hint="use fewer samples (max_samples), steps, restarts or eps values",
+    )
     if model.status == "ready":
-        _check_fits(model, dataset.sample_shape, dataset.num_classes, spec)
+        check_fits(model, spec.dataset_id, dataset, spec.attacks)
     return model, dataset
 
 
-def _check_fits(model: ModelRecord, sample_shape: list[int], num_classes: int, spec: EvaluationSpec) -> None:
-    if model.input_shape is not None and not _shapes_compatible(model.input_shape, sample_shape):
+def find_model(store: JobStore, model_id: str, *, owner: str) -> ModelRecord:
+    """The owner's model, or NotFound saying how to upload one."""
+    try:
+        return store.get_model(model_id, owner=owner)
+    except NotFound as exc:
+        raise NotFound(f"model {model_id!r} does not exist; upload it with POST /v1/models") from exc
+
+
+def find_dataset(store: JobStore, dataset_id: str, *, owner: str) -> DatasetOut:
+    """A built-in or the owner's uploaded dataset, or NotFound saying what exists."""
+    try:
+        return resolve_dataset(store, dataset_id, owner=owner)
+    except NotFound as exc:
+        raise NotFound(
+            f"dataset {dataset_id!r} does not exist; upload one with POST /v1/datasets "
+            "or use a built-in id such as builtin:mnist-5k:test"
+        ) from exc
+
+
+def check_fits(
+    model: ModelRecord,
+    dataset_id: str,
+    dataset: DatasetOut,
+    attacks: Sequence[AttackSpec],
+    *,
+    attacks_field: str = "attacks",
+) -> None:
+    """A validated model must take the dataset's samples, cover its labels and every attack's target class."""
+    if model.input_shape is not None and not _shapes_compatible(model.input_shape, dataset.sample_shape):
         raise IncompatibleSpec(
-            f"model {model.id} takes inputs of shape {model.input_shape} but dataset {spec.dataset_id} "
-            f"has samples of shape {sample_shape}"
+            f"model {model.id} takes inputs of shape {model.input_shape} but dataset {dataset_id} "
+            f"has samples of shape {dataset.sample_shape}"
         )
     if model.num_classes is not None:
-        if num_classes > model.num_classes:
+        if dataset.num_classes > model.num_classes:
             raise IncompatibleSpec(
-                f"dataset {spec.dataset_id} has labels up to {num_classes - 1} but model {model.id} "
+                f"dataset {dataset_id} has labels up to {dataset.num_classes - 1} but model {model.id} "
                 f"has only {model.num_classes} classes"
             )
-        for i, attack in enumerate(spec.attacks):
+        for i, attack in enumerate(attacks):
             if attack.target is not None and attack.target >= model.num_classes:
                 raise IncompatibleSpec(
                     f"attack {i} ({attack.name}) targets class {attack.target} but model {model.id} "
                     f"has only {model.num_classes} classes",
-                    errors=[{"loc": ["body", "attacks", i, "target"], "msg": f"below {model.num_classes}"}],
+                    errors=[
+                        {"loc": ["body", attacks_field, i, "target"], "msg": f"below {model.num_classes}"}
+                    ],
                 )
 
 

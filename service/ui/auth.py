@@ -2,8 +2,9 @@
 an `Authorization: Bearer` header, resolved to its owner.
 
 Keys are checked by the callable on `app.state.key_resolver` (key -> owner, or None for an unknown
-key). With none configured the service is open (loopback use, see API.md) and every visitor is the
-same owner as an unauthenticated API call, `service.deps.get_owner()`.
+key), which `create_app()` takes from the key ring (`service.auth`). With no key anywhere the service
+is open (loopback use, see API.md) and every visitor is the same owner as an unauthenticated API call,
+`service.deps.get_owner()`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ KeyResolver = Callable[[str], str | None]
 
 def key_resolver(request: Request) -> KeyResolver | None:
     """The configured key check, or None when the service runs without keys (open mode)."""
-    resolver: KeyResolver | None = getattr(request.app.state, "key_resolver", None)
+    state = request.app.state
+    resolver: KeyResolver | None = getattr(state, "key_resolver", None)
+    keyring = getattr(state, "keyring", None)
+    if resolver is None and keyring is not None:
+        # A key created while the server runs closes the UI at once, as it closes the API.
+        resolver = keyring.resolver()
+        state.key_resolver = resolver
     return resolver
 
 

@@ -279,6 +279,8 @@ def service(
             "PARRY_RECONCILE_INTERVAL_S": "1",
             # Queued jobs whose message the broker lost are sent again after this long.
             "PARRY_REQUEUE_QUEUED_AFTER_S": "5",
+            # The callback test's receiver listens on loopback, which callbacks may not reach by default.
+            "PARRY_CALLBACK_ALLOW_PRIVATE": "1",
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "PYTHONUNBUFFERED": "1",
         }

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from httpx import Response
+from pydantic import SecretStr
 
 from service.auth import KeyRing, hash_key, is_loopback, open_bind_problem
 from service.cli import main as parry_main
@@ -148,7 +150,7 @@ def test_keys_file_and_env_keys_give_stable_owners(tmp_path: Path) -> None:
     store = JobStore(settings.resolved_database_url)
     store.create_schema()
     ring = KeyRing(settings, store)
-    again = KeyRing(Settings(data_dir=tmp_path / "d", api_keys=KEY_B), store)
+    again = KeyRing(Settings(data_dir=tmp_path / "d", api_keys=SecretStr(KEY_B)), store)
     assert not ring.is_open()
     owner_a, owner_b = ring.owner_of(KEY_A), ring.owner_of(KEY_B)
     assert owner_a and owner_b and owner_a != owner_b
@@ -156,7 +158,7 @@ def test_keys_file_and_env_keys_give_stable_owners(tmp_path: Path) -> None:
     assert ring.owner_of("pk_other") is None and ring.owner_of(KEY_A + " ") is None
     store.dispose()
     # The key itself never appears in the settings' repr (logs, tracebacks).
-    assert KEY_A not in repr(Settings(api_keys=KEY_A))
+    assert KEY_A not in repr(Settings(api_keys=SecretStr(KEY_A)))
 
 
 def test_keys_cli_create_list_revoke(
@@ -202,10 +204,34 @@ def test_refuses_a_public_bind_without_keys(tmp_path: Path) -> None:
     for run in (serve, api):
         with pytest.raises(ServeError, match="refusing to listen on 0.0.0.0"):
             run("0.0.0.0", 8000, settings=settings)
-    assert open_bind_problem("0.0.0.0", Settings(data_dir=tmp_path / "d", api_keys="k1")) is None
+    assert open_bind_problem("0.0.0.0", Settings(data_dir=tmp_path / "d", api_keys=SecretStr("k1"))) is None
     store = JobStore(settings.resolved_database_url)
     store.add_api_key(name="", key_sha256=hash_key("k2"))
     store.dispose()
     assert open_bind_problem("0.0.0.0", settings) is None
     missing = Settings(data_dir=tmp_path / "e", api_keys_file=tmp_path / "nope.txt")
     assert "cannot be read" in str(open_bind_problem("0.0.0.0", missing))
+
+
+def _calls(dependant: Any) -> set[Any]:
+    found = {dependant.call}
+    for sub in dependant.dependencies:
+        found |= _calls(sub)
+    return found
+
+
+def test_every_v1_and_ui_route_resolves_the_caller() -> None:
+    """A route added later without the owner dependency would serve everyone's data: catch it here."""
+    from fastapi.routing import APIRoute
+
+    from service.deps import get_owner
+    from service.routes import ROUTERS
+    from service.ui.auth import ui_api_owner, ui_owner
+
+    routes = [r for router in ROUTERS for r in router.routes if isinstance(r, APIRoute)]
+    v1 = [r for r in routes if r.path.startswith("/v1")]
+    assert len(v1) >= 14
+    assert not [r.path for r in v1 if get_owner not in _calls(r.dependant)]
+    public_ui = {"/ui/login", "/ui/logout", "/ui/static/{name}"}
+    ui = [r for r in routes if r.path.startswith("/ui") and r.path not in public_ui]
+    assert ui and not [r.path for r in ui if not _calls(r.dependant) & {ui_owner, ui_api_owner}]

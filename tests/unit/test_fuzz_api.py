@@ -8,6 +8,7 @@ and once with API keys; a model, a dataset and a succeeded job exist so that som
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from hypothesis import HealthCheck, settings
 
 from service.main import create_app
 from service.settings import Settings
-from tests.unit.api_helpers import DEAD_REDIS, RecordingEnqueuer, TestClient, npz_bytes, saved_model_zip
+from tests.unit import api_helpers
+from tests.unit.api_helpers import DEAD_REDIS, RecordingEnqueuer, npz_bytes, saved_model_zip
 
 KEY = "pk_fuzz-key-0123456789abcdef"
 
@@ -35,11 +37,11 @@ def _app(root: Path, **overrides: Any) -> Any:
     return create_app(settings, enqueuer=RecordingEnqueuer(), warm_builtins=False)
 
 
-def _seed(client: TestClient, headers: dict[str, str]) -> None:
+def _seed(client: Any, headers: dict[str, str]) -> None:
     """A model, a dataset and a succeeded evaluation, so that not every id is unknown."""
     r = client.post("/v1/models", files={"file": ("m.zip", saved_model_zip())}, headers=headers)
     model_id = r.json()["id"]
-    store = client.app.state.store  # type: ignore[attr-defined]
+    store = client.app.state.store
     store.set_model_ready(model_id, input_shape=[8, 8, 1], num_classes=3, output="logits")
     data = npz_bytes(x=np.zeros((3, 8, 8, 1), np.float32), y=np.array([0, 1, 2]))
     dataset_id = client.post("/v1/datasets", files={"file": ("d.npz", data)}, headers=headers).json()["id"]
@@ -53,10 +55,14 @@ def _seed(client: TestClient, headers: dict[str, str]) -> None:
 def fuzzed_api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     keyed = request.param == "keys"
     app = _app(tmp_path_factory.mktemp("fuzz"), **({"api_keys": KEY} if keyed else {}))
-    with TestClient(app, raise_server_exceptions=False) as client:  # runs the lifespan (schema creation)
+    client_class: Any = api_helpers.TestClient  # type: ignore[attr-defined]  # imported there quietly
+    with client_class(app, raise_server_exceptions=False) as client:  # runs the lifespan (schema creation)
         headers = {"Authorization": f"Bearer {KEY}"} if keyed else {}
         _seed(client, headers)
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+        # The coverage phase (schema-boundary cases) takes about 40 s here, mostly on the evaluation body;
+        # PARRY_FUZZ_COVERAGE=1 turns it on for a deeper run. Fuzzing makes valid and invalid requests.
+        schema.config.phases.coverage.enabled = os.environ.get("PARRY_FUZZ_COVERAGE") == "1"
         yield schema, headers
 
 
@@ -70,7 +76,7 @@ def fuzzed_api_schema(fuzzed_api: Any) -> Any:
 
 @schema.parametrize()
 @settings(
-    max_examples=25,
+    max_examples=40,
     deadline=None,
     derandomize=True,
     suppress_health_check=list(HealthCheck),

@@ -142,7 +142,7 @@ def truncated_zip() -> bytes:
 
 def npz_object_array() -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, x=np.array([{"a": 1}, None], dtype=object), y=np.array([0, 1]))  # type: ignore[arg-type]
+    np.savez(buf, x=np.array([{"a": 1}, None], dtype=object), y=np.array([0, 1]))
     return buf.getvalue()
 
 

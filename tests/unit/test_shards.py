@@ -222,3 +222,36 @@ def test_a_dead_shard_worker_is_replaced_after_its_lease(ctx: jobs.WorkerContext
     shard = store.get_shard(job, index)
     assert shard is not None and (shard.worker, shard.attempts) == ("w0", 2)
     assert ctx.store.get_job(job_id).status == "succeeded"
+
+
+def test_progress_is_the_sum_of_the_shards_and_cancel_answers_stop(
+    ctx: jobs.WorkerContext, digits_keras: Path
+) -> None:
+    model_id = _ready_model(ctx, digits_keras)
+    store = ShardStore(ctx.store)
+    job_id = _job(ctx, model_id)
+    assert shards.run_evaluation(ctx, job_id) == "running"
+    plan = store.get_plan(job_id)
+    assert plan is not None and plan.clean_units == 359  # the clean pass: one unit per sample
+    first, second = store.shards(job_id)[:2]
+    for shard in (first, second):
+        assert store.claim_shard(job_id, shard.shard_index, worker="w1", lease_seconds=30) is not None
+    assert store.report_shard_progress(
+        job_id, first.shard_index, worker="w1", fraction=0.5, lease_seconds=30, stage="pgd eps=0.1"
+    )
+    assert store.report_shard_progress(
+        job_id, second.shard_index, worker="w1", fraction=1.0, lease_seconds=30, stage="pgd eps=0.1"
+    )
+    progress = ctx.store.get_job(job_id).progress
+    assert progress is not None
+    expected = (plan.clean_units + 0.5 * first.units + second.units) / plan.total_units
+    assert progress["fraction"] == pytest.approx(expected)
+    assert progress["stage"] == f"pgd eps=0.1 (0 of {plan.num_shards} shards done, 2 running)"
+    # Another worker's report is refused; after a cancel every shard is told to stop.
+    assert not store.report_shard_progress(
+        job_id, first.shard_index, worker="w2", fraction=0.9, lease_seconds=30, stage="x"
+    )
+    ctx.store.request_cancel(job_id, owner="o")
+    assert not store.report_shard_progress(
+        job_id, first.shard_index, worker="w1", fraction=0.9, lease_seconds=30, stage="x"
+    )

@@ -265,6 +265,24 @@ def test_login_with_keys_configured(api: Api) -> None:
     assert client.get("/ui", follow_redirects=False).status_code == 303
 
 
+def test_env_keys_and_a_key_created_while_running_close_the_ui(tmp_path: Path) -> None:
+    from service.auth import hash_key
+
+    key = "pk_ui-test-key-0123456789"
+    with make_api(tmp_path / "env", api_keys=key) as api:
+        assert api.client.get("/ui", follow_redirects=False).status_code == 303
+        api.client.post("/ui/login", data={"key": key}, follow_redirects=False)
+        assert api.client.get("/ui").status_code == 200
+        # The page and the API agree on who the key's owner is.
+        job_id = _evaluation(api, owner=api.client.app.state.keyring.owner_of(key))  # type: ignore[attr-defined]
+        assert api.client.get(f"/ui/jobs/{job_id}").status_code == 200
+    with make_api(tmp_path / "later") as api:
+        assert api.client.get("/ui").status_code == 200  # open: no key anywhere
+        api.store.add_api_key(name="ci", key_sha256=hash_key(key))
+        assert api.client.get("/ui", follow_redirects=False).status_code == 303
+        assert_problem(api.client.get("/ui/api/jobs"), 401)
+
+
 def test_open_mode_needs_no_login(api: Api) -> None:
     assert api.client.get("/ui").status_code == 200
     login = api.client.get("/ui/login?next=/ui/jobs/x", follow_redirects=False)

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
+from workers.training.data import split_validation
+from workers.training.errors import TrainingCancelled, TrainingError
 from workers.training.export import export_keras, export_saved_model_zip
-from workers.training.trainer import (
-    AdversarialTrainer,
-    TrainingCancelled,
-    TrainingError,
-    TrainingOutcome,
-    split_validation,
-    train,
-    trainable_variables,
-)
+from workers.training.trainer import AdversarialTrainer, TrainingOutcome, train
+from workers.training.variables import trainable_variables
 
 __all__ = [
     "AdversarialTrainer",

@@ -34,23 +34,18 @@ from workers.evaluation import EvaluationCancelled, EvaluationError, evaluate
 from workers.models import LoadedModel, first_sentence
 from workers.training import checkpoint, schedules
 from workers.training.checkpoint import Checkpoint, RunState
+from workers.training.data import prepare, validation_subset
+from workers.training.errors import TrainingCancelled, TrainingError
 from workers.training.export import export_keras, export_saved_model_zip
 from workers.training.methods import MethodConfig, adversarial_inputs, training_loss
 from workers.training.optimizer import Adam
 from workers.training.progress import ProgressTracker
+from workers.training.variables import trainable_variables
 
 _VALIDATION_BATCH = 500
 _EVALUATION_BATCH = 256
-# Seed-path tags, apart from every epoch index.
-_SUBSET_TAG, _VALIDATION_TAG, _HOLDOUT_TAG = 0x5B5E7, 0x7A11D, 0x401D0
-
-
-class TrainingError(ValueError):
-    """The model, the data and the options do not allow training; the message is one sentence."""
-
-
-class TrainingCancelled(Exception):
-    """`should_stop()` returned True; the position was checkpointed first."""
+# Seed-path tag of the per-epoch check, apart from every epoch index.
+_VALIDATION_TAG = 0x7A11D
 
 
 @dataclass
@@ -99,46 +94,6 @@ def train(
         should_stop=should_stop,
         export_dir=Path(export_dir) if export_dir is not None else Path(checkpoint_dir) / "export",
     )
-
-
-def split_validation(
-    data: ArrayDataset, *, fraction: float = 0.1, seed: int = 0
-) -> tuple[ArrayDataset, ArrayDataset]:
-    """A seeded hold-out: (training part, validation part), for a job given no validation dataset."""
-    n = data.num_samples
-    held = min(max(1, round(fraction * n)), n - 1)
-    if n < 2:
-        raise TrainingError("The training dataset needs at least 2 samples to hold some out for validation.")
-    order = np.random.default_rng([seed, _HOLDOUT_TAG]).permutation(n)
-    parts = []
-    for name, idx in (("train", np.sort(order[held:])), ("validation", np.sort(order[:held]))):
-        digest = hashlib.sha256(f"{data.sha256}:{name}:{fraction}:{seed}".encode()).hexdigest()
-        parts.append(ArrayDataset(data.x[idx], data.y[idx], digest, f"{data.name}:{name}"))
-    return parts[0], parts[1]
-
-
-def trainable_variables(model: LoadedModel) -> tuple[list[tf.Variable], list[tf.Variable]]:
-    """The trainable variables the model's forward pass reads, and all the variables it reads."""
-    spec = tf.TensorSpec((None, *model.input_shape), tf.float32)
-    try:
-        traced = tf.function(model.logits).get_concrete_function(spec)
-    except Exception as exc:
-        raise TrainingError(f"The model cannot be traced for training: {first_sentence(exc)}") from exc
-    # `traced.variables` comes in no fixed order; the capture order is the graph's own, the same on every
-    # load of the model, so checkpoints can store the weights as a list.
-    position = {id(t): i for i, t in enumerate(traced.captured_inputs)}
-
-    def order(v: tf.Variable) -> tuple[int, str]:
-        return position.get(id(v.handle), len(position)), v.name
-
-    trainable = sorted(traced.trainable_variables, key=order)
-    if not trainable:
-        raise TrainingError(
-            "The model has no trainable variables (its weights are constants or frozen), "
-            "so it cannot be trained; upload a Keras model or a SavedModel exported with its variables "
-            "(e.g. `model.export(path)`)."
-        )
-    return trainable, sorted(traced.variables, key=order)
 
 
 class AdversarialTrainer:
@@ -230,7 +185,7 @@ class AdversarialTrainer:
         opts = self.options
         x, y = self._prepare(train_data, "training")
         x_val, y_val = self._prepare(val_data, "validation")
-        subset = self._validation_subset(x_val.shape[0])
+        subset = validation_subset(x_val.shape[0], opts.validation_samples, opts.seed)
         state, resumed = self._resume(self._fingerprint(train_data, val_data))
         stop = should_stop or (lambda: False)
         train_units = x.shape[0] * self.config.passes_per_sample
@@ -466,37 +421,14 @@ class AdversarialTrainer:
 
     # --- data, state and weights ----------------------------------------------------------------------
     def _prepare(self, data: ArrayDataset, what: str) -> tuple[np.ndarray, np.ndarray]:
-        shape = self.model.input_shape
-        if data.num_samples == 0:
-            raise TrainingError(f"The {what} dataset has no samples.")
-        x = np.asarray(data.x, dtype=np.float32)
-        if tuple(x.shape[1:]) != shape:
-            if int(np.prod(x.shape[1:])) != int(np.prod(shape)):
-                raise TrainingError(
-                    f"The {what} samples have shape {tuple(x.shape[1:])} but the model takes {shape}."
-                )
-            x = x.reshape((x.shape[0], *shape))
-        y = np.asarray(data.y, dtype=np.int64)
-        if y.min() < 0 or y.max() >= self.model.num_classes:
-            raise TrainingError(
-                f"The {what} labels range over [{y.min()}, {y.max()}] but the model has "
-                f"{self.model.num_classes} classes."
-            )
-        lo, hi = self.options.input_range
-        tolerance = 1e-6 * (hi - lo)
-        if float(x.min()) < lo - tolerance or float(x.max()) > hi + tolerance:
-            raise TrainingError(
-                f"The {what} samples have values in [{float(x.min()):g}, {float(x.max()):g}] outside "
-                f"input_range [{lo:g}, {hi:g}]; set input_range to the model's input range."
-            )
-        return np.clip(x, lo, hi), y
-
-    def _validation_subset(self, n: int) -> np.ndarray:
-        wanted = self.options.validation_samples
-        if wanted is None or wanted >= n:
-            return np.arange(n)
-        rng = np.random.default_rng([self.options.seed, _SUBSET_TAG])
-        return np.sort(rng.choice(n, size=wanted, replace=False))
+        model = self.model
+        return prepare(
+            data,
+            what,
+            input_shape=model.input_shape,
+            num_classes=model.num_classes,
+            input_range=self.options.input_range,
+        )
 
     def _fingerprint(self, train_data: ArrayDataset, val_data: ArrayDataset) -> str:
         options = self.options.model_dump(mode="json", include=set(TrainingOptions.model_fields))
