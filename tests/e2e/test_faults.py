@@ -130,3 +130,27 @@ def test_the_worker_runs_with_its_resource_limits(service: Service) -> None:
     }
     assert limits["Max open files"] == ["4096", "4096"]  # worker_max_open_files, soft and hard
     assert limits["Max core file size"] == ["0", "0"]
+
+
+def test_an_api_restart_mid_job_gives_the_same_result_as_an_undisturbed_run(
+    service: Service, model_id: str
+) -> None:
+    spec = {
+        "model_id": model_id,
+        "dataset_id": "builtin:mnist-5k:test",
+        "attacks": [{"name": "pgd", "eps": 0.05, "steps": 10, "restarts": 4}],
+        "batch_size": 50,
+        "max_samples": 200,
+        "seed": 6,
+        "no_cache": True,
+    }
+    job_id = _submit(service, spec)
+    service.wait_job(job_id, {"running", "succeeded", "failed"})
+    service.stop_api()
+    service.start_api()
+    restarted = service.wait_job(job_id)
+    assert restarted["status"] == "succeeded" and restarted["attempts"] == 1, restarted
+
+    reference = service.wait_job(_submit(service, spec))
+    assert reference["status"] == "succeeded", reference
+    assert comparable(restarted["result"]) == comparable(reference["result"])
