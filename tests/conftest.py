@@ -37,3 +37,11 @@ def model_files(mnist_cnn: Any, tmp_path_factory: pytest.TempPathFactory) -> dic
     from tests.modelzoo import export_model_files
 
     return export_model_files(mnist_cnn, tmp_path_factory.mktemp("model_files"))
+
+
+@pytest.fixture(scope="session")
+def digits_keras(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CNN trained for a second on the 8x8 digits, saved as .keras (worker and job tests)."""
+    from tests.modelzoo import digits_cnn_file
+
+    return digits_cnn_file(tmp_path_factory.mktemp("models") / "digits.keras")

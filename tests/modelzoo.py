@@ -106,3 +106,29 @@ def export_model_files(model: Any, dest: Path) -> dict[str, Path]:
         files["h5_softmax"] = dest / "softmax.h5"
         soft.save(files["h5_softmax"])
     return files
+
+
+class Sent(list[tuple[str, str]]):
+    """A worker context's task sender that records (task, id) instead of talking to a broker."""
+
+    def __call__(self, task: str, job_id: str) -> None:
+        self.append((task, job_id))
+
+
+def digits_cnn_file(dest: Path) -> Path:
+    """A tiny CNN trained for a second on the 8x8 digits, saved as .keras."""
+    import keras
+
+    from service.datasets import load_builtin
+
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ]
+    )
+    train_clean(model, load_builtin("builtin:digits:train"), epochs=3)
+    model.save(dest)
+    return dest

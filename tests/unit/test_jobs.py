@@ -17,6 +17,7 @@ from service.artifacts import ArtifactStore
 from service.broker import DELIVER_CALLBACK, RUN_EVALUATION
 from service.settings import Settings
 from service.store import JobStore
+from tests.modelzoo import Sent
 from workers import heartbeat, jobs
 from workers.model_cache import ModelCache
 
@@ -28,33 +29,6 @@ DIGITS_LONG = {
     "attacks": [{"name": "pgd", "eps": 0.01, "steps": 10, "restarts": 50}],
     "batch_size": 16,
 }
-
-
-@pytest.fixture(scope="module")
-def digits_keras(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny CNN trained for a second on the 8x8 digits, saved as .keras."""
-    import keras
-
-    from service.datasets import load_builtin
-    from tests.modelzoo import train_clean
-
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(8, 3, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(10),
-        ]
-    )
-    train_clean(model, load_builtin("builtin:digits:train"), epochs=3)
-    path = tmp_path_factory.mktemp("models") / "digits.keras"
-    model.save(path)
-    return path
-
-
-class Sent(list[tuple[str, str]]):
-    def __call__(self, task: str, job_id: str) -> None:
-        self.append((task, job_id))
 
 
 def _sent(ctx: jobs.WorkerContext) -> list[tuple[str, str]]:

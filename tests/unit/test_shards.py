@@ -21,6 +21,7 @@ from service.broker import RUN_EVALUATION_SHARD
 from service.settings import Settings
 from service.shard_store import SHARDED, ShardSpan, ShardStore, parse_shard_key, shard_key
 from service.store import JobStore
+from tests.modelzoo import Sent
 from workers import jobs, shards
 from workers.model_cache import ModelCache
 
@@ -56,11 +57,6 @@ def digits_keras(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("models") / "digits.keras"
     model.save(path)
     return path
-
-
-class Sent(list[tuple[str, str]]):
-    def __call__(self, task: str, job_id: str) -> None:
-        self.append((task, job_id))
 
 
 @pytest.fixture

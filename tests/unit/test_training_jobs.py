@@ -17,6 +17,7 @@ from service.datasets import load_builtin
 from service.schemas import TrainingOptions
 from service.settings import Settings
 from service.store import JobStore
+from tests.modelzoo import Sent
 from workers import jobs, training_jobs
 from workers.model_cache import ModelCache
 from workers.training import TrainingCancelled, train
@@ -33,31 +34,6 @@ SHORT = {
     "evaluate": [{"name": "fgsm", "eps": 0.1}],
 }
 OPTIONS = {k: v for k, v in SHORT.items() if not k.endswith("dataset_id")}
-
-
-@pytest.fixture(scope="module")
-def digits_keras(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import keras
-
-    from tests.modelzoo import train_clean
-
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(8, 3, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(10),
-        ]
-    )
-    train_clean(model, load_builtin("builtin:digits:train"), epochs=3)
-    path = tmp_path_factory.mktemp("models") / "digits.keras"
-    model.save(path)
-    return path
-
-
-class Sent(list[tuple[str, str]]):
-    def __call__(self, task: str, job_id: str) -> None:
-        self.append((task, job_id))
 
 
 @pytest.fixture
