@@ -108,13 +108,6 @@ def export_model_files(model: Any, dest: Path) -> dict[str, Path]:
     return files
 
 
-class Sent(list[tuple[str, str]]):
-    """A worker context's task sender that records (task, id) instead of talking to a broker."""
-
-    def __call__(self, task: str, job_id: str) -> None:
-        self.append((task, job_id))
-
-
 def digits_cnn_file(dest: Path) -> Path:
     """A tiny CNN trained for a second on the 8x8 digits, saved as .keras."""
     import keras

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from service.schemas import Progress
+from service.settings import Settings
 
 StopReason = Literal["stop_requested", "time_limit", "shutdown"]
 
@@ -90,3 +91,10 @@ class Heartbeat:
             self._written = latest
             if not keep_going and self.stop_reason is None:
                 self.stop_reason = "stop_requested"
+
+
+def lease_heartbeat(report: Callable[[Progress], bool], settings: Settings) -> Heartbeat:
+    """A heartbeat with the limits of `settings`: its time limit, and the lease renewed 4 times a term."""
+    return Heartbeat(
+        report, time_limit_s=settings.task_time_limit_s, renew_every_s=max(0.5, settings.job_lease_s / 4)
+    )

@@ -26,7 +26,7 @@ from service.settings import Settings
 from service.store import JobStore, ModelRecord
 from workers.evaluation import EvaluationCancelled, EvaluationError, evaluate
 from workers.examples import EXAMPLES_ARTIFACT, examples_npz
-from workers.heartbeat import Heartbeat
+from workers.heartbeat import Heartbeat, lease_heartbeat
 from workers.model_cache import ModelCache
 from workers.models import LoadedModel, ModelLoadError, load_model
 
@@ -105,6 +105,19 @@ def _trainable(model: LoadedModel, model_id: str) -> bool | None:
     return True
 
 
+def job_heartbeat(ctx: WorkerContext, job_id: str) -> Heartbeat:
+    """The heartbeat of a job this worker has claimed: writes its progress and renews the lease."""
+
+    def report(progress: Progress) -> bool:
+        return bool(
+            ctx.store.report_progress(
+                job_id, worker=ctx.worker, progress=progress, lease_seconds=ctx.settings.job_lease_s
+            )
+        )
+
+    return lease_heartbeat(report, ctx.settings)
+
+
 def run_evaluation(ctx: WorkerContext, job_id: str) -> str | None:
     """Claim and run one evaluation job; returns its final status, or None when there was nothing to do."""
     settings, store = ctx.settings, ctx.store
@@ -114,16 +127,7 @@ def run_evaluation(ctx: WorkerContext, job_id: str) -> str | None:
         return None
     log.info("job %s: claimed by %s", job_id, ctx.worker)
 
-    def report(progress: Progress) -> bool:
-        return bool(
-            store.report_progress(
-                job_id, worker=ctx.worker, progress=progress, lease_seconds=settings.job_lease_s
-            )
-        )
-
-    heartbeat = Heartbeat(
-        report, time_limit_s=settings.task_time_limit_s, renew_every_s=max(0.5, settings.job_lease_s / 4)
-    )
+    heartbeat = job_heartbeat(ctx, job_id)
     status, result, error = "failed", None, None
     try:
         with heartbeat:

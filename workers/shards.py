@@ -35,7 +35,7 @@ from service.store import utcnow
 from workers import evaluation, jobs
 from workers.attacks import attack_from_spec
 from workers.evaluation import EvaluationCancelled, EvaluationError
-from workers.heartbeat import Heartbeat
+from workers.heartbeat import lease_heartbeat
 from workers.models import LoadedModel, ModelLoadError
 from workers.robustness import AttackRun
 
@@ -126,14 +126,7 @@ def _coordinate(ctx: jobs.WorkerContext, shards: ShardStore, job_id: str) -> str
         return None
     log.info("job %s: claimed by %s to be split into shards", job_id, ctx.worker)
 
-    def report(progress: Progress) -> bool:
-        return store.report_progress(
-            job_id, worker=ctx.worker, progress=progress, lease_seconds=settings.job_lease_s
-        )
-
-    heartbeat = Heartbeat(
-        report, time_limit_s=settings.task_time_limit_s, renew_every_s=max(0.5, settings.job_lease_s / 4)
-    )
+    heartbeat = jobs.job_heartbeat(ctx, job_id)
     status, error = "failed", None
     try:
         with heartbeat:
@@ -246,9 +239,7 @@ def run_shard(ctx: jobs.WorkerContext, key: str) -> str | None:
             stage=progress.stage,
         )
 
-    heartbeat = Heartbeat(
-        report, time_limit_s=settings.task_time_limit_s, renew_every_s=max(0.5, settings.job_lease_s / 4)
-    )
+    heartbeat = lease_heartbeat(report, settings)
     status: ShardOutcome = "failed"
     error: dict[str, str] | None = None
     try:

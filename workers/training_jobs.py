@@ -17,10 +17,9 @@ from pathlib import Path
 from service.broker import DELIVER_CALLBACK, RUN_TRAINING
 from service.datasets import ArrayDataset, DatasetError
 from service.errors import NotFound
-from service.schemas import Progress, TrainingOptions, TrainingSpec
+from service.schemas import TrainingOptions, TrainingSpec
 from service.store import JobRecord, ModelRecord
 from workers import jobs
-from workers.heartbeat import Heartbeat
 from workers.jobs import WorkerContext
 from workers.models import LoadedModel, ModelLoadError, load_model
 from workers.training import TrainingCancelled, TrainingError, TrainingOutcome, split_validation, train
@@ -44,16 +43,7 @@ def run_training(ctx: WorkerContext, job_id: str) -> str | None:
         return None
     log.info("job %s: claimed by %s (attempt %d)", job_id, ctx.worker, job.attempts)
 
-    def report(progress: Progress) -> bool:
-        return bool(
-            store.report_progress(
-                job_id, worker=ctx.worker, progress=progress, lease_seconds=settings.job_lease_s
-            )
-        )
-
-    heartbeat = Heartbeat(
-        report, time_limit_s=settings.task_time_limit_s, renew_every_s=max(0.5, settings.job_lease_s / 4)
-    )
+    heartbeat = jobs.job_heartbeat(ctx, job_id)
     folder = work_dir(ctx, job_id)
     status, result, error = "failed", None, None
     model_id = job.spec.get("model_id")

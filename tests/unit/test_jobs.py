@@ -13,13 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.artifacts import ArtifactStore
 from service.broker import DELIVER_CALLBACK, RUN_EVALUATION
 from service.settings import Settings
-from service.store import JobStore
-from tests.modelzoo import Sent
+from tests.workerkit import Sent, worker_context
 from workers import heartbeat, jobs
-from workers.model_cache import ModelCache
 
 DIGITS_FGSM = {"dataset_id": "builtin:digits:test", "attacks": [{"name": "fgsm", "eps": [0.1, 0.2]}]}
 # Many restarts of a tiny-eps PGD (few samples fall, so every restart runs) in small batches: about 30 s,
@@ -39,17 +36,8 @@ def _sent(ctx: jobs.WorkerContext) -> list[tuple[str, str]]:
 @pytest.fixture
 def ctx(tmp_path: Path) -> Iterator[jobs.WorkerContext]:
     settings = Settings(data_dir=tmp_path, redis_url="redis://unused", job_lease_s=30)
-    store = JobStore(settings.resolved_database_url)
-    store.create_schema()
-    yield jobs.WorkerContext(
-        settings=settings,
-        store=store,
-        artifacts=ArtifactStore(tmp_path),
-        models=ModelCache(2),
-        worker="test-worker",
-        send=Sent(),
-    )
-    store.dispose()
+    with worker_context(settings) as context:
+        yield context
 
 
 def _model(ctx: jobs.WorkerContext, path: Path, fmt: str = "keras") -> str:

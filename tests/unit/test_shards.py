@@ -16,14 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.artifacts import ArtifactStore
 from service.broker import RUN_EVALUATION_SHARD
 from service.settings import Settings
 from service.shard_store import SHARDED, ShardSpan, ShardStore, parse_shard_key, shard_key
-from service.store import JobStore
-from tests.modelzoo import Sent
+from tests.workerkit import Sent, worker_context
 from workers import jobs, shards
-from workers.model_cache import ModelCache
 
 SPEC = {
     "dataset_id": "builtin:digits:test",
@@ -64,17 +61,8 @@ def ctx(tmp_path: Path) -> Iterator[jobs.WorkerContext]:
     settings = Settings(
         data_dir=tmp_path, redis_url="redis://unused", job_lease_s=30, shard_min_samples=100, shard_size=64
     )
-    store = JobStore(settings.resolved_database_url)
-    store.create_schema()
-    yield jobs.WorkerContext(
-        settings=settings,
-        store=store,
-        artifacts=ArtifactStore(tmp_path),
-        models=ModelCache(2),
-        worker="coordinator",
-        send=Sent(),
-    )
-    store.dispose()
+    with worker_context(settings, worker="coordinator") as context:
+        yield context
 
 
 def _ready_model(ctx: jobs.WorkerContext, path: Path) -> str:

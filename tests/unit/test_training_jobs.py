@@ -12,14 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.artifacts import ArtifactStore
 from service.datasets import load_builtin
 from service.schemas import TrainingOptions
 from service.settings import Settings
-from service.store import JobStore
-from tests.modelzoo import Sent
+from tests.workerkit import worker_context
 from workers import jobs, training_jobs
-from workers.model_cache import ModelCache
 from workers.training import TrainingCancelled, train
 
 # One short epoch on the 8x8 digits: a few seconds.
@@ -39,17 +36,8 @@ OPTIONS = {k: v for k, v in SHORT.items() if not k.endswith("dataset_id")}
 @pytest.fixture
 def ctx(tmp_path: Path) -> Iterator[jobs.WorkerContext]:
     settings = Settings(data_dir=tmp_path, redis_url="redis://unused", job_lease_s=30)
-    store = JobStore(settings.resolved_database_url)
-    store.create_schema()
-    yield jobs.WorkerContext(
-        settings=settings,
-        store=store,
-        artifacts=ArtifactStore(tmp_path),
-        models=ModelCache(2),
-        worker="test-worker",
-        send=Sent(),
-    )
-    store.dispose()
+    with worker_context(settings) as context:
+        yield context
 
 
 def _ready_model(ctx: jobs.WorkerContext, path: Path, fmt: str = "keras") -> str:

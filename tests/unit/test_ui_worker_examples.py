@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from service.settings import Settings
 from service.ui.examples import EXAMPLES_ARTIFACT, load_example_grid
-from tests.unit.test_jobs import DIGITS_FGSM, _job, _ready_model, ctx, digits_keras  # noqa: F401 (fixtures)
+from tests.unit.test_jobs import DIGITS_FGSM, _job, _ready_model
+from tests.workerkit import worker_context
 from workers import jobs
 
 
-def test_the_worker_writes_the_examples_the_page_shows(
-    ctx: jobs.WorkerContext,  # noqa: F811 (the imported fixture)
-    digits_keras: Path,  # noqa: F811
-) -> None:
+@pytest.fixture
+def ctx(tmp_path: Path) -> Iterator[jobs.WorkerContext]:
+    with worker_context(Settings(data_dir=tmp_path, redis_url="redis://unused")) as context:
+        yield context
+
+
+def test_the_worker_writes_the_examples_the_page_shows(ctx: jobs.WorkerContext, digits_keras: Path) -> None:
     job_id = _job(ctx, _ready_model(ctx, digits_keras), DIGITS_FGSM)
     assert jobs.run_evaluation(ctx, job_id) == "succeeded"
     grid = load_example_grid(ctx.artifacts.job_artifact_path(job_id, EXAMPLES_ARTIFACT))
