@@ -76,6 +76,12 @@ class KeyRing:
             return False
         return True
 
+    def owner_for(self, key: str) -> str | None:
+        """The owner a request presenting `key` ("" for none) acts as; None when it must be refused (401)."""
+        if self.is_open():
+            return LOCAL_OWNER
+        return self.owner_of(key) if key else None
+
     def owner_of(self, key: str) -> str | None:
         """The owner of a valid key; None for an unknown or revoked one."""
         digest = hash_key(key)
@@ -87,6 +93,12 @@ class KeyRing:
     def resolver(self) -> KeyResolver | None:
         """What `app.state.key_resolver` holds for the UI: None in open mode, else `owner_of`."""
         return None if self.is_open() else self.owner_of
+
+
+def bearer_token(authorization: str) -> str:
+    """The key in an `Authorization: Bearer <key>` header value; "" for no header or another scheme."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 def is_loopback(host: str) -> bool:

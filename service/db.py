@@ -169,7 +169,10 @@ api_keys_table = sa.Table(
 def make_engine(database_url: str) -> Engine:
     url = sa.make_url(database_url)
     if url.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True, future=True)
+        # The API reads from up to 40 threads (anyio's default); with SQLAlchemy's default pool of 5 + 10
+        # overflow, busy periods opened and closed a PostgreSQL connection per request. Connections are
+        # opened only when that many are in use at once, so an idle worker process still holds one or two.
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20, future=True)
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, future=True)

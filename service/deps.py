@@ -1,7 +1,8 @@
 """FastAPI dependencies: the app's settings, stores, enqueuer and the caller's identity.
 
 Everything is built once by `create_app()` and kept on `app.state`; tests replace pieces with
-`app.dependency_overrides` (for instance a recording enqueuer instead of Celery).
+`app.dependency_overrides` (for instance a recording enqueuer instead of Celery). The getters are
+`async def` because they only read `app.state`: a plain `def` dependency costs a thread hop per request.
 """
 
 from __future__ import annotations
@@ -19,37 +20,37 @@ from service.settings import Settings
 from service.store import JobStore
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     store: JobStore = request.app.state.store
     return store
 
 
-def get_artifacts(request: Request) -> ArtifactStore:
+async def get_artifacts(request: Request) -> ArtifactStore:
     artifacts: ArtifactStore = request.app.state.artifacts
     return artifacts
 
 
-def get_enqueuer(request: Request) -> Enqueuer:
+async def get_enqueuer(request: Request) -> Enqueuer:
     enqueuer: Enqueuer = request.app.state.enqueuer
     return enqueuer
 
 
-def get_broker(request: Request) -> BrokerProbe:
+async def get_broker(request: Request) -> BrokerProbe:
     probe: BrokerProbe = request.app.state.broker
     return probe
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def get_keyring(request: Request) -> KeyRing:
+async def get_keyring(request: Request) -> KeyRing:
     keyring: KeyRing = request.app.state.keyring
     return keyring
 
@@ -71,18 +72,16 @@ def get_owner(request: Request = None, credentials: BearerCredentials = None) ->
     """
     if request is None:
         return LOCAL_OWNER
-    keyring = get_keyring(request)
-    if keyring.is_open():
-        return LOCAL_OWNER
-    # The UI's pages read `app.state.key_resolver`; keep it in step once a key appears after start-up.
-    if getattr(request.app.state, "key_resolver", None) is None:
-        request.app.state.key_resolver = keyring.owner_of
+    keyring: KeyRing = request.app.state.keyring
     key = credentials.credentials.strip() if credentials is not None else ""
-    if not key:
-        raise _unauthorized("this API needs a key: send Authorization: Bearer <key>")
-    owner = keyring.owner_of(key)
+    owner = keyring.owner_for(key)
     if owner is None:
+        if not key:
+            raise _unauthorized("this API needs a key: send Authorization: Bearer <key>")
         raise _unauthorized("the API key is not valid (unknown or revoked)")
+    # The UI's pages read `app.state.key_resolver`; keep it in step once a key appears after start-up.
+    if owner != LOCAL_OWNER and getattr(request.app.state, "key_resolver", None) is None:
+        request.app.state.key_resolver = keyring.owner_of
     return owner
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import logging
 import secrets
 from collections.abc import Iterator
@@ -133,6 +134,18 @@ R = TypeVar("R", ModelRecord, DatasetRecord, JobRecord, ApiKeyRecord)
 def _record(cls: type[R], row: Any) -> R:
     fields = cls.__dataclass_fields__
     return cls(**{k: v for k, v in row.items() if k in fields})
+
+
+# The per-request reads (a row by id, the key checks) are built once: building and cache-keying a
+# SELECT costs more than SQLite takes to answer it, and every authenticated request makes two of them.
+@functools.cache
+def _select_by_id(table: sa.Table, *, with_owner: bool) -> sa.Select[Any]:
+    query = sa.select(table).where(table.c.id == sa.bindparam("row_id"))
+    return query.where(table.c.owner == sa.bindparam("owner")) if with_owner else query
+
+
+_ANY_API_KEY = sa.select(api_keys_table.c.seq).limit(1)
+_API_KEY_BY_HASH = sa.select(api_keys_table).where(api_keys_table.c.key_sha256 == sa.bindparam("key_sha256"))
 
 
 def _encode_cursor(seq: int) -> str:
@@ -359,16 +372,14 @@ class JobStore:
 
     def api_key_by_hash(self, key_sha256: str) -> ApiKeyRecord | None:
         """The key with this hash, revoked or not."""
-        query = sa.select(api_keys_table).where(api_keys_table.c.key_sha256 == key_sha256)
         with self.engine.connect() as conn:
-            row = conn.execute(query).mappings().first()
+            row = conn.execute(_API_KEY_BY_HASH, {"key_sha256": key_sha256}).mappings().first()
         return None if row is None else _record(ApiKeyRecord, row)
 
     def has_api_keys(self) -> bool:
         """Whether any key was ever made; revoked ones count, so revoking the last key never opens the API."""
-        query = sa.select(api_keys_table.c.seq).limit(1)
         with self.engine.connect() as conn:
-            return conn.execute(query).first() is not None
+            return conn.execute(_ANY_API_KEY).first() is not None
 
     def revoke_api_key(self, key_id: str) -> ApiKeyRecord:
         """Revoke a key from now on; `NotFound` for an unknown id. Revoking twice keeps the first time."""
@@ -388,11 +399,10 @@ class JobStore:
     # ---- shared row helpers ------------------------------------------------------------------
 
     def _get(self, table: sa.Table, row_id: str, owner: str | None) -> Any:
-        query = sa.select(table).where(table.c.id == row_id)
-        if owner is not None:
-            query = query.where(table.c.owner == owner)
+        query = _select_by_id(table, with_owner=owner is not None)
         with self.engine.connect() as conn:
-            return conn.execute(query).mappings().first()
+            params = {"row_id": row_id} if owner is None else {"row_id": row_id, "owner": owner}
+            return conn.execute(query, params).mappings().first()
 
     def _list(self, table: sa.Table, owner: str) -> list[Any]:
         query = sa.select(table).where(table.c.owner == owner).order_by(table.c.seq.desc())
@@ -506,10 +516,15 @@ class JobStore:
         return None if row is None else _record(JobRecord, row)
 
     def get_job(self, job_id: str, *, owner: str | None = None) -> JobRecord:
-        row = self._get(jobs_table, job_id, owner)
-        if row is None:
+        job = self.find_job(job_id, owner=owner)
+        if job is None:
             raise NotFound(f"job {job_id!r} does not exist")
-        return _record(JobRecord, row)
+        return job
+
+    def find_job(self, job_id: str, *, owner: str | None = None) -> JobRecord | None:
+        """The job, or None when it does not exist (or belongs to another owner)."""
+        row = self._get(jobs_table, job_id, owner)
+        return None if row is None else _record(JobRecord, row)
 
     def list_jobs(
         self,

@@ -6,11 +6,11 @@ from service.routes import datasets, evaluations, health, jobs, models, training
 from service.ui import routes as ui
 
 ROUTERS = (
+    jobs.router,  # first: clients poll job status, and routes are matched in order
     health.router,
     models.router,
     datasets.router,
     evaluations.router,
     trainings.router,
-    jobs.router,
     ui.router,
 )
