@@ -158,6 +158,17 @@ def test_a_bad_spec_is_422_naming_the_field(api: Api, extra: dict[str, Any], loc
     assert _trainings(api) == []
 
 
+def test_fgsm_start_belongs_to_fgsm_rs(api: Api) -> None:
+    model_id = ready_model(api, input_shape=[8, 8, 1], num_classes=10)
+    problem = assert_problem(
+        api.client.post("/v1/trainings", json=_spec(model_id, method="pgd", fgsm_start="previous")), 422
+    )
+    assert "fgsm_start is only used by method fgsm-rs" in str(problem), problem
+    accepted = api.client.post("/v1/trainings", json=_spec(model_id, fgsm_start="previous"))
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["spec"]["fgsm_start"] == "previous"
+
+
 def test_missing_fields_are_422(api: Api) -> None:
     problem = assert_problem(api.client.post("/v1/trainings", json={"model_id": "mdl_x"}), 422)
     assert {("body", f) for f in ("dataset_id", "method", "eps")} <= {tuple(loc) for loc in _errors(problem)}

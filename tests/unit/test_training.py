@@ -63,7 +63,7 @@ def fgsm_rs(
 
 def test_fgsm_rs_raises_pgd_robust_accuracy(fgsm_rs: TrainingOutcome) -> None:
     before, after = robust_before_after(fgsm_rs)
-    # Measured: 0.17 -> 0.69 with 4,000 samples, 0.2 -> 0.6 with these 2,000. A third of the samples
+    # Measured: 0.17 -> 0.69 with 4,000 samples, 0.15 -> 0.57 with these 2,000. A third of the samples
     # turned robust is far beyond seed noise (a few points) and far from what a broken step would give.
     assert after >= before + 0.3, (before, after)
     result = fgsm_rs.result
@@ -73,6 +73,71 @@ def test_fgsm_rs_raises_pgd_robust_accuracy(fgsm_rs: TrainingOutcome) -> None:
     assert result.history[-1].eps == pytest.approx(0.2)
     assert result.num_train_samples == 2000 and result.num_validation_samples == 500
     assert result.seconds > 0 and all(h.seconds > 0 for h in result.history)
+
+
+def test_fgsm_rs_from_previous_perturbations_raises_pgd_robust_accuracy(
+    model_files: dict[str, Path], train_small: ArrayDataset, val_small: ArrayDataset, tmp_path: Path
+) -> None:
+    spec = TrainingOptions(
+        method="fgsm-rs",
+        fgsm_start="previous",
+        eps=0.2,
+        epochs=3,
+        batch_size=100,
+        validation_samples=200,
+        evaluate=ROBUST_CHECK,
+    )
+    outcome = train(fresh(model_files), train_small, val_small, spec, checkpoint_dir=tmp_path)
+    before, after = robust_before_after(outcome)
+    # Measured 0.15 -> 0.61 here (random starts, the test above: 0.15 -> 0.57); the same bar as there.
+    assert after >= before + 0.3, (before, after)
+    # The starts of the next epoch are in the checkpoint: one per sample, inside the eps ball, not all zero.
+    saved = ckpt.load(tmp_path)
+    assert saved is not None and saved.perturbations is not None
+    assert saved.perturbations.shape == train_small.x.shape
+    assert 0.1 < float(np.abs(saved.perturbations).max()) <= 0.2 + 1e-6
+
+
+def test_previous_starts_feed_the_fgsm_step() -> None:
+    import tensorflow as tf
+
+    from workers.training.methods import MethodConfig, adversarial_inputs
+
+    config = MethodConfig("fgsm-rs", "linf", 1, 0.0, 0.0, (0.0, 1.0), previous_start=True)
+    weights = tf.constant(np.random.default_rng(0).normal(size=(4, 3)), tf.float32)
+    x = tf.constant(np.full((5, 4), 0.5), tf.float32)
+    y = tf.constant([0, 1, 2, 0, 1], tf.int64)
+    start = tf.constant(np.random.default_rng(1).uniform(-0.3, 0.3, size=(5, 4)), tf.float32)
+
+    def run(have_previous: bool, step_size: float) -> np.ndarray:
+        out = adversarial_inputs(
+            config,
+            lambda v: tf.matmul(v, weights),
+            x,
+            y,
+            eps=tf.constant(0.2),
+            step_size=tf.constant(step_size),
+            seed=tf.constant([3, 4], tf.int64),
+            previous=(start, tf.constant(have_previous)),
+        )
+        return np.asarray(out)
+
+    # With no step the input is the previous start, projected into the eps ball; without one, random.
+    np.testing.assert_allclose(run(True, 0.0), np.clip(0.5 + start.numpy(), 0.3, 0.7), atol=1e-6)
+    assert not np.allclose(run(False, 0.0), np.clip(0.5 + start.numpy(), 0.3, 0.7))
+    stepped = run(True, 0.1)
+    assert np.all(np.abs(stepped - 0.5) <= 0.2 + 1e-6) and not np.allclose(stepped, run(True, 0.0))
+
+
+def test_previous_starts_too_large_for_a_worker_are_refused(
+    model_files: dict[str, Path], val_small: ArrayDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers.training import starts
+
+    monkeypatch.setattr(starts, "MAX_BYTES", 1000)
+    spec = TrainingOptions(method="fgsm-rs", fgsm_start="previous", eps=0.1, epochs=1)
+    with pytest.raises(TrainingError, match="one perturbation per training sample.*fgsm_start 'random'"):
+        train(fresh(model_files), val_small, val_small, spec, checkpoint_dir=tmp_path)
 
 
 @pytest.mark.parametrize("method", ["pgd", "trades"])
@@ -197,14 +262,20 @@ def history_without_time(outcome: TrainingOutcome) -> list[dict[str, Any]]:
     return [h.model_dump(exclude={"seconds"}) for h in outcome.result.history]
 
 
+@pytest.mark.parametrize("start", ["random", "previous"])
 def test_resume_continues_from_the_checkpoint_and_ends_identical(
-    model_files: dict[str, Path], train_small: ArrayDataset, val_small: ArrayDataset, tmp_path: Path
+    start: str,
+    model_files: dict[str, Path],
+    train_small: ArrayDataset,
+    val_small: ArrayDataset,
+    tmp_path: Path,
 ) -> None:
     data = subset(train_small, 600)  # 6 batches an epoch, then one validation batch
+    spec = TINY.model_copy(update={"fgsm_start": start})
     straight_model = fresh(model_files)
-    straight = train(straight_model, data, val_small, TINY, checkpoint_dir=tmp_path / "a")
+    straight = train(straight_model, data, val_small, spec, checkpoint_dir=tmp_path / "a")
     again_model = fresh(model_files)
-    again = train(again_model, data, val_small, TINY, checkpoint_dir=tmp_path / "b")
+    again = train(again_model, data, val_small, spec, checkpoint_dir=tmp_path / "b")
     # Same seed: the same history to the last bit, and the same weights.
     assert history_without_time(again) == history_without_time(straight)
     assert all(
@@ -217,7 +288,7 @@ def test_resume_continues_from_the_checkpoint_and_ends_identical(
             fresh(model_files),
             data,
             val_small,
-            TINY,
+            spec,
             checkpoint_dir=tmp_path / "c",
             should_stop=StopAfter(11),
         )
@@ -227,7 +298,7 @@ def test_resume_continues_from_the_checkpoint_and_ends_identical(
     # A redelivered job: the original model file again, the same checkpoint folder.
     resumed_model = fresh(model_files)
     counter = StopAfter(10**9)
-    resumed = train(resumed_model, data, val_small, TINY, checkpoint_dir=tmp_path / "c", should_stop=counter)
+    resumed = train(resumed_model, data, val_small, spec, checkpoint_dir=tmp_path / "c", should_stop=counter)
     assert resumed.result.resumed
     # Epoch 1 and the first 3 batches of epoch 2 were not redone: 3 + 1 + 6 + 1 checks remain.
     assert counter.calls == 11
@@ -383,6 +454,9 @@ def test_training_spec_validation() -> None:
     assert not spec.guard_enabled()
     fast = TrainingSpec.model_validate({**body, "method": "fgsm-rs"})
     assert fast.guard_enabled() and fast.step_size_at_full_eps() == pytest.approx(0.375)
+    assert fast.fgsm_start == "random"
+    prior = TrainingSpec.model_validate({**body, "method": "fgsm-rs", "fgsm_start": "previous"})
+    assert prior.step_size_at_full_eps() == pytest.approx(0.15)
     for bad in (
         {"stpes": 3},
         {"method": "free"},
@@ -391,6 +465,8 @@ def test_training_spec_validation() -> None:
         {"learning_rate": -1},
         {"method": "trades", "clean_fraction": 0.5},
         {"clean_fraction": 1.0},
+        {"fgsm_start": "previous"},  # pgd
+        {"method": "fgsm-rs", "fgsm_start": "last"},
         {"input_range": [1.0, 0.0]},
         {"evaluate": [{"name": "pgd", "eps": 0.3, "stpes": 40}]},
     ):

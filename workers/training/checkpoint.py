@@ -47,12 +47,15 @@ class Checkpoint:
     state: RunState
     weights: list[np.ndarray]
     optimizer: list[np.ndarray]
+    perturbations: np.ndarray | None = None  # fgsm-rs with `fgsm_start: previous` (starts.py)
 
 
 def save(directory: Path, checkpoint: Checkpoint) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {f"w{i}": w for i, w in enumerate(checkpoint.weights)}
     arrays.update({f"o{i}": o for i, o in enumerate(checkpoint.optimizer)})
+    if checkpoint.perturbations is not None:
+        arrays["perturbations"] = checkpoint.perturbations
     meta = {"format": _FORMAT, "weights": len(checkpoint.weights), "optimizer": len(checkpoint.optimizer)}
     arrays["meta"] = np.array(json.dumps({**meta, "state": asdict(checkpoint.state)}))
     _atomic_savez(directory / CHECKPOINT, arrays)
@@ -71,10 +74,11 @@ def load(directory: Path) -> Checkpoint | None:
                 return None
             weights = [npz[f"w{i}"] for i in range(meta["weights"])]
             optimizer = [npz[f"o{i}"] for i in range(meta["optimizer"])]
+            perturbations = npz["perturbations"] if "perturbations" in npz.files else None
         state = RunState(**meta["state"])
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
         return None
-    return Checkpoint(state, weights, optimizer)
+    return Checkpoint(state, weights, optimizer, perturbations)
 
 
 def save_best(directory: Path, epoch: int, weights: list[np.ndarray]) -> str:

@@ -33,6 +33,7 @@ class MethodConfig:
     beta: float
     clean_fraction: float
     bounds: tuple[float, float]
+    previous_start: bool = False  # fgsm-rs from each sample's last perturbation (`fgsm_start: previous`)
 
     @property
     def inner_steps(self) -> int:
@@ -69,14 +70,16 @@ def maximise_cross_entropy(
     steps: int,
     norm: Norm,
     bounds: tuple[float, float],
+    start: tf.Tensor | None = None,
 ) -> tf.Tensor:
-    """PGD from a uniform random start, keeping the last iterate; one step of 1.25 eps is FGSM-RS.
+    """PGD from a uniform random start (or from `x + start`), keeping the last iterate; one step is FGSM-RS.
 
     Unlike the evaluation PGD, which keeps the first misclassified iterate, training wants the point of
     highest loss the steps reach, as in Madry et al. and Wong et al.
     """
     lo, hi = bounds
-    x_adv = project(x + random_start(x, eps, norm, seed), x, eps, norm, lo, hi)
+    initial = random_start(x, eps, norm, seed) if start is None else start
+    x_adv = project(x + initial, x, eps, norm, lo, hi)
     for _ in range(steps):
         grad = _input_gradient(lambda v: cross_entropy(tf.cast(logits(v), tf.float32), y), x_adv)
         x_adv = project(x_adv + step_size * ascent_direction(grad, norm), x, eps, norm, lo, hi)
@@ -114,14 +117,23 @@ def adversarial_inputs(
     eps: tf.Tensor,
     step_size: tf.Tensor,
     seed: tf.Tensor,
+    previous: tuple[tf.Tensor, tf.Tensor] | None = None,
 ) -> tf.Tensor:
-    """The inputs the weights are trained on (pgd, fgsm-rs), or TRADES's adversarial twins of `x`."""
+    """The inputs the weights are trained on (pgd, fgsm-rs), or TRADES's adversarial twins of `x`.
+
+    `previous` (fgsm-rs with `previous_start`): each sample's perturbation from the last epoch, and a
+    boolean scalar saying whether there is one yet (False in the first epoch: start at random then).
+    """
     common = {"eps": eps, "step_size": step_size, "seed": seed, "norm": config.norm, "bounds": config.bounds}
     if config.method == "trades":
         clean = tf.stop_gradient(tf.cast(logits(x), tf.float32))
         return maximise_kl(logits, x, clean, steps=config.steps, **common)
     if config.method == "fgsm-rs":
-        return maximise_cross_entropy(logits, x, y, steps=1, **common)
+        start = None
+        if previous is not None:
+            perturbation, have_previous = previous
+            start = tf.where(have_previous, perturbation, random_start(x, eps, config.norm, seed))
+        return maximise_cross_entropy(logits, x, y, steps=1, start=start, **common)
     if config.clean_fraction <= 0:
         return maximise_cross_entropy(logits, x, y, steps=config.steps, **common)
     # The batch is shuffled, so its first samples are a random subset: they stay clean, unattacked.

@@ -40,6 +40,7 @@ from workers.training.export import export_keras, export_saved_model_zip
 from workers.training.methods import MethodConfig, adversarial_inputs, training_loss
 from workers.training.optimizer import Adam
 from workers.training.progress import ProgressTracker
+from workers.training.starts import PreviousPerturbations
 from workers.training.variables import trainable_variables
 
 _VALIDATION_BATCH = 500
@@ -126,7 +127,9 @@ class AdversarialTrainer:
             beta=options.beta,
             clean_fraction=options.clean_fraction,
             bounds=(float(options.input_range[0]), float(options.input_range[1])),
+            previous_start=options.method == "fgsm-rs" and options.fgsm_start == "previous",
         )
+        self.previous: PreviousPerturbations | None = None  # set per run, sized by its training data
         self.optimizer = Adam(self.variables)
         self._step = self._compile_step()
         self._validator = PGD(steps=options.validation_steps, norm=options.norm, random_start=True)
@@ -137,9 +140,24 @@ class AdversarialTrainer:
         missing: list[int] = []
 
         def step(
-            x: tf.Tensor, y: tf.Tensor, eps: tf.Tensor, step_size: tf.Tensor, lr: tf.Tensor, seed: tf.Tensor
+            x: tf.Tensor,
+            y: tf.Tensor,
+            eps: tf.Tensor,
+            step_size: tf.Tensor,
+            lr: tf.Tensor,
+            seed: tf.Tensor,
+            *previous: tf.Tensor,
         ) -> Any:
-            x_adv = adversarial_inputs(config, model.logits, x, y, eps=eps, step_size=step_size, seed=seed)
+            x_adv = adversarial_inputs(
+                config,
+                model.logits,
+                x,
+                y,
+                eps=eps,
+                step_size=step_size,
+                seed=seed,
+                previous=(previous[0], previous[1]) if previous else None,
+            )
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(variables)
                 loss, z = training_loss(config, model.logits, x, x_adv, y)
@@ -149,7 +167,7 @@ class AdversarialTrainer:
             correct = tf.reduce_sum(
                 tf.cast(tf.equal(tf.argmax(z, axis=-1, output_type=tf.int64), y), tf.int64)
             )
-            return loss, correct
+            return (loss, correct, x_adv - x) if previous else (loss, correct)
 
         signature = [
             tf.TensorSpec((None, *model.input_shape), tf.float32),
@@ -159,6 +177,8 @@ class AdversarialTrainer:
             tf.TensorSpec((), tf.float32),
             tf.TensorSpec((2,), tf.int64),
         ]
+        if config.previous_start:  # each sample's last perturbation, and whether it has one yet
+            signature += [tf.TensorSpec((None, *model.input_shape), tf.float32), tf.TensorSpec((), tf.bool)]
         compiled = tf.function(step, input_signature=signature, autograph=False)
         try:
             compiled.get_concrete_function()
@@ -186,6 +206,7 @@ class AdversarialTrainer:
         x, y = self._prepare(train_data, "training")
         x_val, y_val = self._prepare(val_data, "validation")
         subset = validation_subset(x_val.shape[0], opts.validation_samples, opts.seed)
+        self.previous = PreviousPerturbations(x) if self.config.previous_start else None
         state, resumed = self._resume(self._fingerprint(train_data, val_data))
         stop = should_stop or (lambda: False)
         train_units = x.shape[0] * self.config.passes_per_sample
@@ -270,14 +291,18 @@ class AdversarialTrainer:
                 lr = schedules.learning_rate_at(
                     g, base=opts.learning_rate, total_steps=total_steps, schedule=opts.lr_schedule
                 )
-                loss, correct = self._step(
+                starts = () if self.previous is None else (self.previous.take(chosen), np.bool_(epoch > 0))
+                loss, correct, *perturbation = self._step(
                     x[chosen],
                     y[chosen],
                     np.float32(eps),
                     np.float32(full_step * eps / opts.eps),
                     np.float32(lr),
                     derive_seed(opts.seed, epoch, batch),
+                    *starts,
                 )
+                if self.previous is not None:
+                    self.previous.store(chosen, perturbation[0].numpy())
                 if not math.isfinite(float(loss)):
                     raise TrainingError(
                         f"The training loss became {float(loss)} at epoch {epoch + 1}, batch {batch + 1}; "
@@ -446,6 +471,8 @@ class AdversarialTrainer:
         if found is not None and found.state.fingerprint == fingerprint and self._fits(found):
             self._set_weights(found.weights)
             self.optimizer.restore(found.optimizer)
+            if self.previous is not None and found.perturbations is not None:
+                self.previous.restore(found.perturbations)
             return found.state, True
         state = RunState(fingerprint)
         if found is not None:
@@ -454,7 +481,9 @@ class AdversarialTrainer:
 
     def _fits(self, found: Checkpoint) -> bool:
         shapes = [tuple(v.shape.as_list()) for v in self.variables]
-        return [w.shape for w in found.weights] == shapes and len(found.optimizer) == 1 + 2 * len(shapes)
+        if [w.shape for w in found.weights] != shapes or len(found.optimizer) != 1 + 2 * len(shapes):
+            return False
+        return self.previous is None or self.previous.fits(found.perturbations)
 
     def _check(self, stop: Callable[[], bool], state: RunState) -> None:
         """Checkpoint the position and raise TrainingCancelled when asked to stop."""
@@ -472,7 +501,10 @@ class AdversarialTrainer:
 
     def _save(self, state: RunState) -> None:
         self._tick(state)
-        checkpoint.save(self.checkpoint_dir, Checkpoint(state, self._weights(), self.optimizer.state()))
+        perturbations = None if self.previous is None else self.previous.values
+        checkpoint.save(
+            self.checkpoint_dir, Checkpoint(state, self._weights(), self.optimizer.state(), perturbations)
+        )
 
     def _weights(self) -> list[np.ndarray]:
         return [v.numpy() for v in self.variables]
