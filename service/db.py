@@ -61,6 +61,8 @@ models_table = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     # Whether validation found trainable variables (null: not known yet, or validated by older code).
     sa.Column("trainable", sa.Boolean),
+    # Workers that started validating this model; one that never finished was killed or crashed loading it.
+    sa.Column("validation_attempts", sa.Integer, nullable=False, default=0),
     sa.UniqueConstraint("owner", "sha256", name="uq_models_owner_sha256"),
 )
 

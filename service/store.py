@@ -70,6 +70,7 @@ class ModelRecord:
     created_at: datetime
     updated_at: datetime
     trainable: bool | None = None
+    validation_attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,20 @@ class JobStore:
             trainable=trainable,
         )
         log.info("model %s ready: input %s, %d classes, %s", model_id, input_shape, num_classes, output)
+
+    def start_model_validation(self, model_id: str) -> int | None:
+        """Count a worker starting to validate the model; the count so far, None when it is not validating."""
+        t = models_table.c
+        update = (
+            models_table.update()
+            .where(t.id == model_id, t.status == "validating")
+            .values(validation_attempts=t.validation_attempts + 1, updated_at=utcnow())
+        )
+        with self._tx() as conn:
+            if conn.execute(update).rowcount != 1:
+                return None
+            count = conn.execute(sa.select(t.validation_attempts).where(t.id == model_id)).scalar_one()
+        return int(count)
 
     def set_model_rejected(self, model_id: str, *, reason: str) -> None:
         self._update_model(model_id, status="rejected", rejection=reason)

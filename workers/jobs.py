@@ -20,6 +20,7 @@ import numpy as np
 from service.artifacts import ArtifactStore
 from service.broker import DELIVER_CALLBACK, RUN_EVALUATION
 from service.datasets import ArrayDataset, DatasetError, is_builtin, load_builtin, load_npz
+from service.db import DEFAULT_MAX_ATTEMPTS
 from service.errors import NotFound
 from service.schemas import EvaluationOptions, EvaluationSpec, Progress
 from service.settings import Settings
@@ -53,6 +54,9 @@ class WorkerContext:
     send: Callable[[str, str], None]
 
 
+MAX_VALIDATION_ATTEMPTS = DEFAULT_MAX_ATTEMPTS
+
+
 def validate_model(ctx: WorkerContext, model_id: str) -> str | None:
     """Load an uploaded model once and mark it ready (with its shapes) or rejected (with a sentence)."""
     try:
@@ -62,6 +66,18 @@ def validate_model(ctx: WorkerContext, model_id: str) -> str | None:
         return None
     if record.status != "validating":
         return record.status
+    attempts = ctx.store.start_model_validation(model_id)
+    if attempts is None:  # another worker settled it meanwhile
+        return ctx.store.get_model(model_id).status
+    if attempts > MAX_VALIDATION_ATTEMPTS:
+        # Every earlier worker died loading it (a redelivered message is the only way to get here twice).
+        reason = (
+            f"validating this model stopped the worker {attempts - 1} times (killed or crashed while "
+            "loading it), so it is rejected instead of being tried again"
+        )
+        log.warning("model %s (sha256 %s): rejected: %s", model_id, record.sha256, reason)
+        ctx.store.set_model_rejected(model_id, reason=reason)
+        return "rejected"
     try:
         model = _load(ctx, record)
     except ModelLoadError as exc:

@@ -82,6 +82,32 @@ def test_validate_marks_a_good_model_ready_and_a_bad_one_rejected(
     assert jobs.validate_model(ctx, "mdl_missing") is None
 
 
+def test_a_model_whose_validation_keeps_killing_workers_is_rejected(
+    ctx: jobs.WorkerContext, digits_keras: Path
+) -> None:
+    model_id = _model(ctx, digits_keras)
+    # Workers that took the message and died before settling the model (kill -9, a crash in TensorFlow).
+    for attempt in range(1, jobs.MAX_VALIDATION_ATTEMPTS + 1):
+        assert ctx.store.start_model_validation(model_id) == attempt
+    assert jobs.validate_model(ctx, model_id) == "rejected"
+    record = ctx.store.get_model(model_id)
+    assert record.status == "rejected" and record.validation_attempts == jobs.MAX_VALIDATION_ATTEMPTS + 1
+    assert record.rejection is not None and f"stopped the worker {jobs.MAX_VALIDATION_ATTEMPTS} times" in (
+        record.rejection
+    )
+    # A settled model is not counted again.
+    assert ctx.store.start_model_validation(model_id) is None
+    # One that outlived fewer deaths is still validated (another owner's record of the same bytes).
+    blob = ctx.artifacts.put_file(digits_keras)
+    other, _ = ctx.store.add_model(
+        owner="p", name="m", sha256=blob.sha256, format="keras", size_bytes=blob.size_bytes, output="auto"
+    )
+    for _ in range(jobs.MAX_VALIDATION_ATTEMPTS - 1):
+        ctx.store.start_model_validation(other.id)
+    assert jobs.validate_model(ctx, other.id) == "ready"
+    assert ctx.store.get_model(other.id).validation_attempts == jobs.MAX_VALIDATION_ATTEMPTS
+
+
 def test_run_evaluation_succeeds_writes_artifacts_and_is_idempotent(
     ctx: jobs.WorkerContext, digits_keras: Path
 ) -> None:
