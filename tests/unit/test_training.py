@@ -174,7 +174,10 @@ def test_pgd_with_clean_fraction_runs(
     result = train(
         fresh(model_files), subset(train_small, 500), val_small, spec, checkpoint_dir=tmp_path
     ).result
-    assert result.history[0].clean_accuracy >= 0.85
+    # Measured 0.88 to 0.93 over sessions (the fixture model is retrained in each, and TensorFlow's CPU
+    # kernels are not bit-reproducible across processes), once below 0.85 on a loaded machine; a step that
+    # broke the model would leave it far below 0.8.
+    assert result.history[0].clean_accuracy >= 0.8
 
 
 def test_exports_reproduce_the_trained_model(

@@ -23,17 +23,16 @@ import tensorflow as tf
 from service.datasets import ArrayDataset
 from service.schemas import (
     EpochRecord,
-    EvaluationOptions,
     EvaluationResult,
     Progress,
     TrainingOptions,
     TrainingResult,
 )
-from workers.attacks import PGD, derive_seed
-from workers.evaluation import EvaluationCancelled, EvaluationError, evaluate
+from workers.attacks import derive_seed
 from workers.models import LoadedModel, first_sentence
 from workers.training import checkpoint, schedules
 from workers.training.checkpoint import Checkpoint, RunState
+from workers.training.checks import EpochCheck, evaluate_attacks, evaluation_units
 from workers.training.data import prepare, validation_subset
 from workers.training.errors import TrainingCancelled, TrainingError
 from workers.training.export import export_keras, export_saved_model_zip
@@ -42,11 +41,6 @@ from workers.training.optimizer import Adam
 from workers.training.progress import ProgressTracker
 from workers.training.starts import PreviousPerturbations
 from workers.training.variables import trainable_variables
-
-_VALIDATION_BATCH = 500
-_EVALUATION_BATCH = 256
-# Seed-path tag of the per-epoch check, apart from every epoch index.
-_VALIDATION_TAG = 0x7A11D
 
 
 @dataclass
@@ -132,7 +126,7 @@ class AdversarialTrainer:
         self.previous: PreviousPerturbations | None = None  # set per run, sized by its training data
         self.optimizer = Adam(self.variables)
         self._step = self._compile_step()
-        self._validator = PGD(steps=options.validation_steps, norm=options.norm, random_start=True)
+        self._epoch_check = EpochCheck(model, options)
 
     # --- the compiled step ----------------------------------------------------------------------------
     def _compile_step(self) -> Callable[..., Any]:
@@ -211,7 +205,7 @@ class AdversarialTrainer:
         stop = should_stop or (lambda: False)
         train_units = x.shape[0] * self.config.passes_per_sample
         check_units = subset.size * (opts.validation_steps + 1)
-        eval_units = self._evaluation_units(x_val.shape[0])
+        eval_units = evaluation_units(opts, x_val.shape[0])
         done = (eval_units if state.before is not None else 0) + state.epoch * (train_units + check_units)
         done += state.seen * self.config.passes_per_sample
         tracker = ProgressTracker(
@@ -219,14 +213,17 @@ class AdversarialTrainer:
         )
 
         if state.before is None and opts.evaluate:
-            before = self._evaluate(val_data, tracker, eval_units, "evaluate before", stop)
+            stage = "evaluate before"
+            before = evaluate_attacks(self.model, opts, val_data, tracker, eval_units, stage, stop)
             state.before = before.model_dump(mode="json")
             self._save(state)
             state.epoch_seconds = 0.0
         if not state.finished:
             self._train(state, x, y, x_val[subset], y_val[subset], tracker, stop)
         after = (
-            self._evaluate(val_data, tracker, eval_units, "evaluate after", stop) if opts.evaluate else None
+            evaluate_attacks(self.model, opts, val_data, tracker, eval_units, "evaluate after", stop)
+            if opts.evaluate
+            else None
         )
 
         tracker.report("export", force=True)
@@ -320,7 +317,9 @@ class AdversarialTrainer:
                 if state.batch % self.checkpoint_every == 0 and state.batch < batches:
                     self._save(state)
 
-            clean, robust = self._validate(x_check, y_check, epoch, tracker, stop, state)
+            clean, robust = self._epoch_check.run(
+                x_check, y_check, epoch, tracker, before_batch=lambda: self._check(stop, state)
+            )
             self._tick(state)
             record = EpochRecord(
                 epoch=epoch + 1,
@@ -372,77 +371,6 @@ class AdversarialTrainer:
         assert state.best_file is not None
         self._set_weights(checkpoint.load_best(self.checkpoint_dir, state.best_file, len(self.variables)))
         state.finished = True
-
-    def _validate(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        epoch: int,
-        tracker: ProgressTracker,
-        stop: Callable[[], bool],
-        state: RunState,
-    ) -> tuple[float, float]:
-        """Clean and PGD accuracy at the full eps on the validation subset."""
-        predict = self._predict()
-        clean = robust = 0
-        bounds = self.config.bounds
-        for start in range(0, x.shape[0], _VALIDATION_BATCH):
-            self._check(stop, state)
-            xb, yb = x[start : start + _VALIDATION_BATCH], y[start : start + _VALIDATION_BATCH]
-            correct = predict(xb).numpy() == yb
-            clean += int(correct.sum())
-            if correct.any():
-                seed = (self.options.seed, _VALIDATION_TAG, epoch, start)
-                out = self._validator(
-                    self.model, xb[correct], yb[correct], eps=self.options.eps, seed=seed, input_range=bounds
-                )
-                robust += int((~out.success).sum())
-            tracker.advance(xb.shape[0] * (self.options.validation_steps + 1), f"validate epoch {epoch + 1}")
-        n = max(x.shape[0], 1)
-        return clean / n, robust / n
-
-    def _predict(self) -> Callable[[np.ndarray], tf.Tensor]:
-        key = ("training-predict",)
-        if key not in self.model.cache:
-            spec = tf.TensorSpec((None, *self.model.input_shape), tf.float32)
-            logits = self.model.logits
-
-            def predict(x: tf.Tensor) -> tf.Tensor:
-                return tf.argmax(logits(x), axis=-1, output_type=tf.int64)
-
-            self.model.cache[key] = tf.function(predict, input_signature=[spec], autograph=False)
-        return self.model.cache[key]  # type: ignore[no-any-return]
-
-    def _evaluate(
-        self, data: ArrayDataset, tracker: ProgressTracker, units: float, stage: str, stop: Callable[[], bool]
-    ) -> EvaluationResult:
-        options = EvaluationOptions(
-            attacks=self.options.evaluate,
-            input_range=self.options.input_range,
-            batch_size=_EVALUATION_BATCH,
-            seed=self.options.seed,
-        )
-        try:
-            outcome = evaluate(
-                self.model,
-                data,
-                options,
-                progress=lambda p: tracker.report(f"{stage}: {p.stage}", extra=p.fraction * units),
-                should_stop=stop,
-            )
-        except EvaluationCancelled as exc:
-            raise TrainingCancelled("the training was cancelled") from exc
-        except EvaluationError as exc:
-            raise TrainingError(f"The evaluation before or after training failed: {exc}.") from exc
-        tracker.advance(units, stage, force=True)
-        return outcome.result
-
-    def _evaluation_units(self, n: int) -> float:
-        steps = 0
-        for spec in self.options.evaluate:
-            per_eps = getattr(spec, "steps", 1) * getattr(spec, "restarts", 1)
-            steps += per_eps * len(spec.eps_values())
-        return float(n * (1 + steps)) if self.options.evaluate else 0.0
 
     # --- data, state and weights ----------------------------------------------------------------------
     def _prepare(self, data: ArrayDataset, what: str) -> tuple[np.ndarray, np.ndarray]:
