@@ -72,6 +72,7 @@ def create_app(
                 close()
             probe.close()
             store.dispose()
+            gc.unfreeze()  # an app that stops inside a longer-lived process (tests) can then be collected
 
     app = FastAPI(
         title="Parry",
