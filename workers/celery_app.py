@@ -49,6 +49,13 @@ def _apply_limits(**_: Any) -> None:
 
 
 @signals.worker_ready.connect  # type: ignore[untyped-decorator]
+def _sweep_leftovers(**_: Any) -> None:
+    from workers.leftovers import sweep
+
+    sweep(get_settings().data_dir)
+
+
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
 def _start_reconciler(**_: Any) -> None:
     from workers.reconciler import start_reconciler
     from workers.tasks import context

@@ -14,8 +14,8 @@ nsjail, no egress network, a read-only root) is the operator's to add around the
   those reservations.
 - CPU time: no RLIMIT_CPU. It counts the whole process (every job it ever ran) and kills it with SIGXCPU;
   the per-job wall-clock limit (`task_time_limit_s`, checked between batches) bounds each job instead.
-- Working directory: each job runs with its cwd in `data_dir/work/<job id>.<pid>`, made before and removed
-  after, so a model that writes to a relative path writes there. `os.chdir` changes the whole process,
+- Working directory: each job runs with its cwd in `data_dir/work/<job id>.<host>.<pid>`, made before and
+  removed after, so a model that writes to a relative path writes there. `os.chdir` changes the whole process,
   which is right with `--pool=solo` (one job at a time per process), the only pool Parry uses.
 """
 
@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from service.settings import Settings
+from workers.leftovers import job_directory_name
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,10 @@ def apply_limits(settings: Settings) -> dict[str, int]:
 
 @contextlib.contextmanager
 def job_directory(data_dir: Path, job_id: str) -> Iterator[Path]:
-    """Run the body with the cwd in a fresh `data_dir/work/<job_id>.<pid>`; restore the cwd and clean up."""
+    """Run the body with its cwd in a fresh `data_dir/work/<job_id>.<host>.<pid>`, then restore and remove."""
     # Per process too: a duplicate delivery of a running job to another worker must not touch this one's.
-    work = data_dir.resolve() / "work" / f"{job_id.replace('/', '_')}.{os.getpid()}"
+    # A killed worker's directory stays behind; `leftovers.sweep` removes it when a worker starts.
+    work = data_dir.resolve() / "work" / job_directory_name(job_id)
     shutil.rmtree(work, ignore_errors=True)  # left over from a killed process that had this pid
     work.mkdir(parents=True)
     previous = os.getcwd()

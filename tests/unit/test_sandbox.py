@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -56,7 +57,8 @@ print(json.dumps({"limits": limits, "raised": raised, "too_many": too_many}))
 def test_a_job_runs_in_its_own_directory_which_is_removed_after(tmp_path: Path) -> None:
     before = os.getcwd()
     with job_directory(tmp_path / "data", "job_abc") as work:
-        assert Path(os.getcwd()) == work == (tmp_path / "data" / "work" / f"job_abc.{os.getpid()}").resolve()
+        name = f"job_abc.{socket.gethostname()}.{os.getpid()}"
+        assert Path(os.getcwd()) == work == (tmp_path / "data" / "work" / name).resolve()
         Path("written-by-the-model.txt").write_text("x")  # a relative path lands in the job's directory
         assert (work / "written-by-the-model.txt").exists()
     assert os.getcwd() == before and not work.exists()
