@@ -63,10 +63,9 @@ class JobStatusFastPath:
     def read(self, job_id: str, key: str) -> bytes | None:
         """The job's JSON for the caller presenting `key`; None when the app must answer instead."""
         try:
-            owner = self.keyring.owner_for(key)
-            if owner is None:
-                return None
-            job = self.store.find_job(job_id, owner=owner)
+            with self.store.reading():
+                owner = self.keyring.owner_for(key)
+                job = None if owner is None else self.store.find_job(job_id, owner=owner)
             return None if job is None else JobOut.of(job).model_dump_json().encode()
         except Exception:  # the route meets the same failure and answers it as a problem
             log.debug("fast read of job %s failed; the route answers", job_id, exc_info=True)

@@ -13,8 +13,9 @@ import binascii
 import functools
 import logging
 import secrets
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
@@ -169,6 +170,7 @@ class JobStore:
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
         self.engine: Engine = make_engine(database_url)
+        self._shared = threading.local()  # the connection of an open `reading()` block, per thread
 
     # ---- schema and health -------------------------------------------------------------------
 
@@ -190,6 +192,27 @@ class JobStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Reads made inside (in this thread) share one connection: one pool checkout, one liveness ping.
+
+        For a request that makes several point reads (the caller's key, then the row): on PostgreSQL each
+        checkout costs a round trip of its own. Writes keep their own transactions.
+        """
+        if getattr(self._shared, "conn", None) is not None:
+            yield
+            return
+        with self.engine.connect() as conn:
+            self._shared.conn = conn
+            try:
+                yield
+            finally:
+                self._shared.conn = None
+
+    def _connect(self) -> AbstractContextManager[Connection]:
+        shared: Connection | None = getattr(self._shared, "conn", None)
+        return nullcontext(shared) if shared is not None else self.engine.connect()
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -387,13 +410,13 @@ class JobStore:
 
     def api_key_by_hash(self, key_sha256: str) -> ApiKeyRecord | None:
         """The key with this hash, revoked or not."""
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             row = conn.execute(_API_KEY_BY_HASH, {"key_sha256": key_sha256}).mappings().first()
         return None if row is None else _record(ApiKeyRecord, row)
 
     def has_api_keys(self) -> bool:
         """Whether any key was ever made; revoked ones count, so revoking the last key never opens the API."""
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return conn.execute(_ANY_API_KEY).first() is not None
 
     def revoke_api_key(self, key_id: str) -> ApiKeyRecord:
@@ -415,7 +438,7 @@ class JobStore:
 
     def _get(self, table: sa.Table, row_id: str, owner: str | None) -> Any:
         query = _select_by_id(table, with_owner=owner is not None)
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             params = {"row_id": row_id} if owner is None else {"row_id": row_id, "owner": owner}
             return conn.execute(query, params).mappings().first()
 

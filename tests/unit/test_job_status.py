@@ -101,3 +101,25 @@ def test_fast_path_requests_are_counted_under_the_route_template(tmp_path: Path)
 )
 def test_bearer_token(header: str, key: str) -> None:
     assert bearer_token(header) == key
+
+
+def test_reads_in_a_reading_block_share_one_connection(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    with make_api(tmp_path) as api:
+        store = api.store
+        job, _ = store.create_job(owner="local", kind="evaluation", spec={})
+        checkouts: list[object] = []
+        sa.event.listen(store.engine, "checkout", lambda *args: checkouts.append(args))
+        store.has_api_keys()
+        store.find_job(job.id, owner="local")
+        assert len(checkouts) == 2
+        with store.reading():
+            assert not store.has_api_keys()
+            assert store.find_job(job.id, owner="local") == store.find_job(job.id)
+            with store.reading():  # nested: still the same connection
+                assert store.find_job("job_missing") is None
+        assert len(checkouts) == 3
+        # What the fast path does per request: one checkout for the key check and the row.
+        assert api.client.get(f"/v1/jobs/{job.id}").status_code == 200
+        assert len(checkouts) == 4
