@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -175,48 +172,6 @@ async def run_load(
     return report
 
 
-# ---- a private service for the command line --------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_ready(url: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer 200 in {timeout} s")
-
-
-def _tiny_model(path: Path) -> None:
-    import keras
-
-    inputs = keras.Input((28, 28, 1))
-    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
-    keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(x))).save(path)
-
-
-def _upload(base_url: str, path: Path) -> str:
-    with httpx.Client(base_url=base_url, timeout=120) as client, path.open("rb") as fh:
-        model = client.post("/v1/models", files={"file": (path.name, fh)}).json()
-        deadline = time.monotonic() + 120
-        while (status := client.get(f"/v1/models/{model['id']}").json()["status"]) == "validating":
-            if time.monotonic() > deadline:
-                raise RuntimeError("model validation took too long")
-            time.sleep(0.1)
-    if status != "ready":
-        raise RuntimeError(f"the benchmark model was {status}")
-    return str(model["id"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
@@ -239,54 +194,15 @@ def main() -> None:
         print(asyncio.run(run_load(args.url, args.model_id, **options)).summary())  # noqa: T201
         return
 
-    work = Path(tempfile.mkdtemp(prefix="parry-load-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        redis_port, port = _free_port(), _free_port()
-        redis = [
-            "redis-server",
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--dir",
-            str(work),
-        ]
-        procs.append(subprocess.Popen(redis, stdout=subprocess.DEVNULL))
-        env = {
-            **os.environ,
-            "PARRY_DATA_DIR": str(work / "data"),
-            "PARRY_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-        }
-        for name in ("PARRY_DATABASE_URL", "PARRY_API_KEYS", "PARRY_API_KEYS_FILE"):
-            env.pop(name, None)
-        api = [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory", "--host", "127.0.0.1",
-               "--port", str(port), "--no-access-log", "--log-level", "warning"]  # fmt: skip
-        worker = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool=solo",
-                  "-Q", "parry", "-l", "warning", "--without-mingle", "--without-gossip"]  # fmt: skip
-        for name, command in (("api", api), ("worker", worker)):
-            with (work / f"{name}.log").open("wb") as log:
-                procs.append(
-                    subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-                )
-        base = f"http://127.0.0.1:{port}"
-        _wait_ready(f"{base}/readyz")
-        model_path = work / "tiny.keras"
-        _tiny_model(model_path)
-        model_id = _upload(base, model_path)
+    sys.path.insert(0, str(ROOT))  # run as a script: `bench` is importable from the repository root
+    from bench.stack import stack, tiny_keras_model
+
+    with stack("parry-load-") as service:
+        service.start()
+        service.start_workers([None])
+        model_id = service.upload_model(tiny_keras_model(service.work / "tiny.keras"))
         options["api_key"] = None
-        print(asyncio.run(run_load(base, model_id, **options)).summary())  # noqa: T201
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        print(asyncio.run(run_load(service.base_url, model_id, **options)).summary())  # noqa: T201
 
 
 if __name__ == "__main__":

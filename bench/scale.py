@@ -19,42 +19,20 @@ reports equal the single-worker one (timing fields aside). Never passes or fails
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.stack import Stack, stack, wait_until  # noqa: E402
+
 TIMING = {"seconds", "samples_per_second"}
 PGD = {"name": "pgd", "eps": 0.3, "steps": 40, "step_size": 0.01}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(check: Any, what: str, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError, OSError):
-            value = check()
-            if value:
-                return value
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not happen within {timeout:.0f} s")
 
 
 def without_timing(value: Any) -> Any:
@@ -65,110 +43,16 @@ def without_timing(value: Any) -> Any:
     return value
 
 
-class Cluster:
-    """Redis, the API and a changing set of pinned workers, all on loopback in one data dir."""
-
-    def __init__(self, work: Path, database_url: str | None) -> None:
-        self.work = work
-        self.redis_port, self.api_port = free_port(), free_port()
-        self.env = {
-            **os.environ,
-            "PARRY_DATA_DIR": str(work / "data"),
-            "PARRY_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "PYTHONUNBUFFERED": "1",
-        }
-        if database_url:
-            self.env["PARRY_DATABASE_URL"] = database_url
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.workers: list[subprocess.Popen[bytes]] = []
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=60)
-
-    def _start(self, command: list[str], log: str, env: dict[str, str], core: int | None = None) -> Any:
-        out = (self.work / log).open("ab")
-        pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
-        proc = subprocess.Popen(
-            command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin
-        )
-        self.procs.append(proc)
-        return proc
-
-    def start(self) -> None:
-        server = shutil.which("redis-server")
-        if server is None:
-            raise SystemExit("redis-server is not installed")
-        self._start(
-            [server, "--port", str(self.redis_port), "--save", "", "--appendonly", "no"],
-            "redis.log",
-            self.env,
-        )
-        api = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "service.main:create_app",
-            "--factory",
-            "--port",
-            str(self.api_port),
-        ]
-        self._start(api, "api.log", self.env)
-        wait_until(lambda: self.client.get("/readyz").status_code == 200, "the API answering /readyz")
-
-    def start_workers(self, cores: list[int], extra_env: dict[str, str]) -> None:
-        env = {**self.env, **extra_env, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
-        for core in cores:
-            name = f"bench{core}-{len(self.procs)}@%h"
-            log = f"worker-{len(self.procs)}.log"
-            command = [
-                sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool=solo",
-                "-Q", "parry", "-l", "info", "-n", name, "--without-mingle", "--without-gossip",
-            ]  # fmt: skip
-            self.workers.append(self._start(command, log, env, core=core))
-            path = self.work / log
-            wait_until(lambda path=path: "ready." in path.read_text(errors="replace"), "a worker starting")
-
-    def stop_workers(self) -> None:
-        for proc in self.workers:
-            proc.terminate()
-            proc.wait(timeout=60)
-        self.workers.clear()
-
-    def stop(self) -> None:
-        self.client.close()
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-
-    def evaluate(self, spec: dict[str, Any]) -> tuple[dict[str, Any], float]:
-        started = time.perf_counter()
-        response = self.client.post("/v1/evaluations", json={**spec, "no_cache": True})
-        response.raise_for_status()
-        job_id = response.json()["id"]
-
-        def done() -> dict[str, Any] | None:
-            body: dict[str, Any] = self.client.get(f"/v1/jobs/{job_id}").json()
-            return body if body["status"] in ("succeeded", "failed", "cancelled") else None
-
-        job = wait_until(done, f"job {job_id} ending", timeout=3600)
-        seconds = time.perf_counter() - started
-        if job["status"] != "succeeded":
-            raise RuntimeError(f"job {job_id} ended {job['status']}: {job.get('error')}")
-        return job, seconds
-
-
-@contextlib.contextmanager
-def cluster(database_url: str | None) -> Iterator[Cluster]:
-    with tempfile.TemporaryDirectory(prefix="parry-scale-") as work:
-        c = Cluster(Path(work), database_url)
-        try:
-            c.start()
-            yield c
-        finally:
-            c.stop()
+def timed_evaluation(c: Stack, spec: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """Submit an evaluation (never from the cache), wait for it; the job and its submit-to-end seconds."""
+    started = time.perf_counter()
+    response = c.client.post("/v1/evaluations", json={**spec, "no_cache": True})
+    response.raise_for_status()
+    job = c.wait_job(response.json()["id"])
+    seconds = time.perf_counter() - started
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"job {job['id']} ended {job['status']}: {job.get('error')}")
+    return job, seconds
 
 
 def trained_model(path: Path) -> Path:
@@ -196,7 +80,8 @@ def main() -> None:
     if len(cores) < 2:
         raise SystemExit("needs two cores")
 
-    with cluster(args.database_url) as c:
+    with stack("parry-scale-", args.database_url) as c:
+        c.start()
         model_path = trained_model(c.work / "cnn.keras")
         with model_path.open("rb") as fh:
             upload = c.client.post("/v1/models", files={"file": (model_path.name, fh)})
@@ -236,7 +121,7 @@ def main() -> None:
                     lambda job_id=job_id: c.client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded",
                     "warm-up",
                 )
-            timed = [c.evaluate(spec) for _ in range(args.repeats)]
+            timed = [timed_evaluation(c, spec) for _ in range(args.repeats)]
             runs.append((label, [job for job, _ in timed], [seconds for _, seconds in timed]))
             c.stop_workers()
 

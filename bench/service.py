@@ -12,12 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zipfile
@@ -25,43 +21,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.02)
-    raise RuntimeError(f"{url} did not answer 200 in {timeout} s")
+from bench.stack import stack, tiny_keras_model  # noqa: E402
 
 
 def loads_tensorflow(pid: int) -> bool:
     maps = Path(f"/proc/{pid}/maps").read_text()
     return "tensorflow" in maps
-
-
-def tiny_keras_model(path: Path) -> None:
-    import keras
-
-    inputs = keras.Input((28, 28, 1))
-    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
-    outputs = keras.layers.Dense(10)(keras.layers.Flatten()(x))
-    keras.Model(inputs, outputs).save(path)
 
 
 def big_saved_model_zip(path: Path, size_mb: int) -> None:
@@ -146,85 +116,47 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=5, help="warm submit-to-running samples")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="parry-bench-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        redis_port = free_port()
-        procs.append(
-            subprocess.Popen(
-                ["redis-server", "--port", str(redis_port), "--save", "", "--dir", str(work)],
-                stdout=subprocess.DEVNULL,
-            )
-        )
-        env = {
-            **os.environ,
-            "PARRY_DATA_DIR": str(work / "data"),
-            "PARRY_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-        }
-        env.pop("PARRY_DATABASE_URL", None)
-        if args.database_url:
-            env["PARRY_DATABASE_URL"] = args.database_url
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        api_log = (work / "api.log").open("wb")
+    with stack("parry-bench-", args.database_url) as bench:
+        bench.start_redis()
         start = time.perf_counter()
-        api = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory", "--port", str(port),
-             "--no-access-log", "--log-level", "warning"],
-            env=env, cwd=ROOT, stdout=api_log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        procs.append(api)
-        wait_http(f"{base}/readyz")
+        bench.start_api()
         api_start = time.perf_counter() - start
-        rss_idle = psutil.Process(api.pid).memory_info().rss
+        assert bench.api is not None
+        api_pid = bench.api.pid
+        rss_idle = psutil.Process(api_pid).memory_info().rss
         print(f"API start to /readyz 200: {api_start:.2f} s; RSS idle {rss_idle / 2**20:.0f} MiB")
 
-        worker_log = (work / "worker.log").open("wb")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool=solo",
-             "-Q", "parry", "-l", "info", "--without-mingle", "--without-gossip"],
-            env=env, cwd=ROOT, stdout=worker_log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        procs.append(worker)
+        bench.start_workers([None])
+        model_id = bench.upload_model(tiny_keras_model(bench.work / "tiny.keras"))
+        spec: dict[str, Any] = {
+            "model_id": model_id,
+            "dataset_id": "builtin:mnist-5k:test",
+            "attacks": [{"name": "fgsm", "eps": 0.1}],
+            "max_samples": 32,
+            "no_cache": True,  # else an identical evaluation is answered at once from the first one
+        }
 
-        model_path = work / "tiny.keras"
-        tiny_keras_model(model_path)
-        with httpx.Client(base_url=base, timeout=600) as client, model_path.open("rb") as fh:
-            model = client.post("/v1/models", files={"file": (model_path.name, fh)}).json()
-            deadline = time.monotonic() + 120
-            while client.get(f"/v1/models/{model['id']}").json()["status"] == "validating":
-                assert time.monotonic() < deadline, "model validation took too long"
-                time.sleep(0.1)
-            spec: dict[str, Any] = {
-                "model_id": model["id"],
-                "dataset_id": "builtin:mnist-5k:test",
-                "attacks": [{"name": "fgsm", "eps": 0.1}],
-                "max_samples": 32,
-                "no_cache": True,  # else an identical evaluation is answered at once from the first one
-            }
+        def run_one() -> dict[str, Any]:
+            response = bench.client.post("/v1/evaluations", json=spec)
+            response.raise_for_status()
+            return bench.wait_job(response.json()["id"])
 
-            def run_one() -> dict[str, Any]:
-                job = client.post("/v1/evaluations", json=spec).json()
-                while (body := client.get(f"/v1/jobs/{job['id']}").json())["status"] in ("queued", "running"):
-                    time.sleep(0.01)
-                return dict(body)
-
-            job_ids = [run_one()["id"]]  # warm: model loaded and attack compiled in the worker
-            delays = []
-            for _ in range(args.jobs):
-                body = run_one()
-                created = datetime.fromisoformat(body["created_at"])
-                started = datetime.fromisoformat(body["started_at"])
-                delays.append((started - created).total_seconds())
-                job_ids.append(body["id"])
-            print(
-                f"submit -> running (warm worker, {args.jobs} jobs): "
-                f"median {statistics.median(delays) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms"
-            )
+        job_ids = [run_one()["id"]]  # warm: model loaded and attack compiled in the worker
+        delays = []
+        for _ in range(args.jobs):
+            body = run_one()
+            created = datetime.fromisoformat(body["created_at"])
+            started = datetime.fromisoformat(body["started_at"])
+            delays.append((started - created).total_seconds())
+            job_ids.append(body["id"])
+        print(
+            f"submit -> running (warm worker, {args.jobs} jobs): "
+            f"median {statistics.median(delays) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms"
+        )
 
         # The worker's threads keep spinning briefly after its last job; on 2 shared cores that is noise here.
         time.sleep(2)
+        port = bench.api_port
         asyncio.run(read_latency(port, job_ids, clients=args.clients, requests=args.clients * 20))  # warm
         single, _ = asyncio.run(read_latency(port, job_ids, clients=1, requests=500))
         print(f"GET /v1/jobs/{{id}}, 1 client, 500 requests: p50 {pct(single, 0.5) * 1000:.2f} ms")
@@ -240,14 +172,14 @@ def main() -> None:
             )
 
         if args.upload_mb:
-            big = work / "big_saved_model.zip"
+            big = bench.work / "big_saved_model.zip"
             big_saved_model_zip(big, args.upload_mb)
             size = big.stat().st_size
-            peak = PeakRss(api.pid)
+            peak = PeakRss(api_pid)
             peak.start()
             start = time.perf_counter()
-            with httpx.Client(base_url=base, timeout=600) as client, big.open("rb") as fh:
-                response = client.post("/v1/models", files={"file": (big.name, fh)})
+            with big.open("rb") as fh:
+                response = bench.client.post("/v1/models", files={"file": (big.name, fh)})
             seconds = time.perf_counter() - start
             peak.done.set()
             peak.join()
@@ -256,18 +188,9 @@ def main() -> None:
                 f"{seconds:.1f} s, {size / 2**20 / seconds:.0f} MiB/s; "
                 f"API peak RSS {peak.peak / 2**20:.0f} MiB"
             )
-        tf_in_api = loads_tensorflow(api.pid)
+        tf_in_api = loads_tensorflow(api_pid)
         print(f"tensorflow mapped in the API process: {tf_in_api}")
         assert not tf_in_api, "the API process loaded TensorFlow"
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
