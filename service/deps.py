@@ -50,11 +50,6 @@ async def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
-async def get_keyring(request: Request) -> KeyRing:
-    keyring: KeyRing = request.app.state.keyring
-    return keyring
-
-
 # Declares the scheme in the OpenAPI document; the key itself is checked below (401 with a sentence).
 bearer_scheme = HTTPBearer(
     auto_error=False,

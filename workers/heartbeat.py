@@ -17,6 +17,8 @@ from service.schemas import Progress
 from service.settings import Settings
 
 StopReason = Literal["stop_requested", "time_limit", "shutdown"]
+# The status a stopped run ends with, and its error (a time limit) or None (a cancel).
+StopOutcome = tuple[Literal["failed", "cancelled"], dict[str, str] | None]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,19 @@ class Heartbeat:
         if self.stop_reason is None and SHUTTING_DOWN.is_set():
             self.stop_reason = "shutdown"
         return self.stop_reason is not None
+
+    def stopped(self, what: str = "the job") -> StopOutcome | None:
+        """How a run that obeyed `should_stop()` ends.
+
+        None when the worker is shutting down: the caller hands the job back to the queue. Otherwise
+        ("failed", a TimeLimitExceeded error naming `what`) or ("cancelled", None).
+        """
+        if self.stop_reason == "shutdown":
+            return None
+        if self.stop_reason == "time_limit":
+            detail = f"{what} exceeded the time limit of {self.time_limit_s:g} s"
+            return "failed", {"type": "TimeLimitExceeded", "detail": detail}
+        return "cancelled", None
 
     def _run(self) -> None:
         last_write = time.monotonic()

@@ -170,18 +170,14 @@ def run_evaluation(ctx: WorkerContext, job_id: str) -> str | None:
         _write_artifacts(ctx, job_id, result, outcome.per_sample, outcome.examples)
         status = "succeeded"
     except EvaluationCancelled:
-        if heartbeat.stop_reason == "shutdown":
+        stopped = heartbeat.stopped()
+        if stopped is None:
             # Hand the job back and send it again: this delivery is acknowledged when the task returns.
             store.release(job_id, worker=ctx.worker)
             ctx.send(RUN_EVALUATION, job_id)
             log.info("job %s: handed back to the queue (worker shutting down)", job_id)
             return None
-        if heartbeat.stop_reason == "time_limit":
-            error = _error(
-                "TimeLimitExceeded", f"the job exceeded the time limit of {settings.task_time_limit_s} s"
-            )
-        else:
-            status = "cancelled"
+        status, error = stopped
     except (ModelLoadError, DatasetError, EvaluationError) as exc:
         log.info("job %s: failed: %s: %s", job_id, type(exc).__name__, exc)
         error = _error(type(exc).__name__, str(exc))

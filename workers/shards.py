@@ -164,16 +164,12 @@ def _coordinate(ctx: jobs.WorkerContext, shards: ShardStore, job_id: str) -> str
             return None
         status = "cancelled"
     except EvaluationCancelled:
-        if heartbeat.stop_reason == "shutdown":
+        stopped = heartbeat.stopped()
+        if stopped is None:
             store.release(job_id, worker=ctx.worker)
             ctx.send(RUN_EVALUATION, job_id)
             return None
-        if heartbeat.stop_reason == "time_limit":
-            error = jobs._error(
-                "TimeLimitExceeded", f"the job exceeded the time limit of {settings.task_time_limit_s} s"
-            )
-        else:
-            status = "cancelled"
+        status, error = stopped
     except (ModelLoadError, DatasetError, EvaluationError) as exc:
         log.info("job %s: failed: %s: %s", job_id, type(exc).__name__, exc)
         error = jobs._error(type(exc).__name__, str(exc))
@@ -271,16 +267,12 @@ def run_shard(ctx: jobs.WorkerContext, key: str) -> str | None:
         _save_npz(shard_dir(settings, job_id) / f"shard-{index}.npz", arrays)
         status = "succeeded"
     except EvaluationCancelled:
-        if heartbeat.stop_reason == "shutdown":
+        stopped = heartbeat.stopped("a shard")
+        if stopped is None:
             shards.release_shard(job_id, index, worker=ctx.worker)
             ctx.send(RUN_EVALUATION_SHARD, key)
             return None
-        if heartbeat.stop_reason == "time_limit":
-            error = jobs._error(
-                "TimeLimitExceeded", f"a shard exceeded the time limit of {settings.task_time_limit_s} s"
-            )
-        else:
-            status = "cancelled"
+        status, error = stopped
     except (ModelLoadError, DatasetError, EvaluationError) as exc:
         log.info("job %s shard %d: failed: %s: %s", job_id, index, type(exc).__name__, exc)
         error = jobs._error(type(exc).__name__, str(exc))

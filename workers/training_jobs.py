@@ -78,18 +78,14 @@ def run_training(ctx: WorkerContext, job_id: str) -> str | None:
         _write_artifacts(ctx, job_id, result, new_model, outcome)
         status = "succeeded"
     except TrainingCancelled:
-        if heartbeat.stop_reason == "shutdown":
+        stopped = heartbeat.stopped()
+        if stopped is None:
             # Hand the job back; its checkpoint stays, so the next delivery continues from it.
             store.release(job_id, worker=ctx.worker)
             ctx.send(RUN_TRAINING, job_id)
             log.info("job %s: handed back to the queue (worker shutting down)", job_id)
             return None
-        if heartbeat.stop_reason == "time_limit":
-            error = jobs._error(
-                "TimeLimitExceeded", f"the job exceeded the time limit of {settings.task_time_limit_s} s"
-            )
-        else:
-            status = "cancelled"
+        status, error = stopped
     except (ModelLoadError, DatasetError, TrainingError) as exc:
         log.info("job %s: training of model %s failed: %s: %s", job_id, model_id, type(exc).__name__, exc)
         error = jobs._error(type(exc).__name__, str(exc))

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from fastapi import Depends, HTTPException, Request, status
 
+from service.auth import bearer_token
 from service.deps import get_owner
 
 COOKIE = "parry_key"
@@ -34,11 +35,7 @@ def key_resolver(request: Request) -> KeyResolver | None:
 
 
 def presented_key(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.cookies.get(COOKIE) or None
+    return bearer_token(request.headers.get("authorization", "")) or request.cookies.get(COOKIE) or None
 
 
 def resolve_owner(request: Request, resolver: KeyResolver | None) -> str | None:
