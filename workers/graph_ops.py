@@ -8,11 +8,19 @@ which is where While/If/Case bodies live. An operation not on the list is refuse
 naming it. Function names given in attributes (a While's `body`, a PartitionedCall's `f`) are checked
 too: an attribute may name a primitive operation instead of a library function.
 
-Checkpoint I/O is the one exception: every export carries a function that writes the variables
-(SaveV2) and one that reads them back (RestoreV2). Those operations are allowed only in functions
-reached solely from the meta graph's `saver_def` save/restore nodes, never from anything the loader or
-a signature runs; the TensorFlow 2 loader restores variables with operations of its own. In a graph
-without functions (TensorFlow 1 style) a RestoreV2 must read the saver's filename tensor.
+Checkpoint I/O is the one exception: every TensorFlow 2 export carries a function that writes the
+variables (SaveV2) and one that reads them back (RestoreV2), called from the two graph nodes the meta
+graph's `saver_def` names. The exception holds only for exports of exactly the shape
+`tf.saved_model.save` writes, matched by node and output index: each of the two nodes is a call of a
+library function whose first input is output 0 of the saver's filename placeholder, and whose other
+inputs are variables or constants. Even then it covers only the functions reached from those two nodes
+and from nothing the loader or a signature runs; the TensorFlow 2 loader restores the variables from
+the archive's own `variables/` with operations of its own, so neither function ever runs. A checkpoint
+operation anywhere else, including in the top-level graph, is refused.
+
+TensorFlow 1 SavedModels (no object graph) are refused outright: their loader runs the model's own
+`main_op`/`init_op` and its own restore op, so the model, not Parry, would decide which files are read
+and written.
 """
 
 from __future__ import annotations
@@ -181,6 +189,22 @@ def parse_saved_model(saved_model_dir: Path) -> Any:
     return proto
 
 
+def tf1_refusal(proto: Any) -> str | None:
+    """A sentence refusing a SavedModel that TensorFlow would load with its TF1 loader, or None.
+
+    `tf.saved_model.load` takes the TensorFlow 2 path only for a single meta graph with an object graph;
+    anything else goes through the TF1 loader, which runs the model's own init, main and restore ops.
+    """
+    graphs = list(proto.meta_graphs)
+    if len(graphs) == 1 and graphs[0].HasField("object_graph_def") and graphs[0].object_graph_def.nodes:
+        return None
+    return (
+        "The SavedModel was written by TensorFlow 1 (it has no object graph), and Parry loads only "
+        "TensorFlow 2 SavedModels; re-export it with TensorFlow 2: `model.export(path)` in Keras, or "
+        "`tf.saved_model.save(obj, path)`."
+    )
+
+
 def find_forbidden_op(proto: Any) -> ForbiddenOp | None:
     """The first operation of a parsed SavedModel outside the allowlist (in a stable order), or None."""
     for index, meta_graph in enumerate(proto.meta_graphs):
@@ -216,15 +240,56 @@ def graph_def_ops(graph_def: Any) -> set[str]:
     return ops
 
 
+@dataclass(frozen=True)
+class _SaverCalls:
+    """The two graph nodes of a TensorFlow 2 export's saver, and the library functions they call."""
+
+    save_node: str
+    save_function: str
+    restore_node: str
+    restore_function: str
+
+
+def _saver_calls(graph_def: Any, saver_def: Any | None, functions: dict[str, Any]) -> _SaverCalls | None:
+    """The saver's calls when `saver_def` has exactly the shape `tf.saved_model.save` writes, else None."""
+    if saver_def is None:
+        return None
+    nodes = {node.name: node for node in graph_def.node}
+    filename = _tensor_ref(saver_def.filename_tensor_name)
+    placeholder = nodes.get(filename[0])
+    if filename[1] != 0 or placeholder is None or placeholder.op != "Placeholder" or placeholder.input:
+        return None
+    save = _tensor_ref(saver_def.save_tensor_name)
+    restore = _tensor_ref(saver_def.restore_op_name)
+    if save[1] != 0 or restore[1] != 0 or ":" in saver_def.restore_op_name:
+        return None
+
+    def call_of(name: str, *, operands: frozenset[str]) -> str | None:
+        node = nodes.get(name)
+        if node is None or node.op not in ("StatefulPartitionedCall", "PartitionedCall") or not node.input:
+            return None
+        called = node.attr["f"].func.name if "f" in node.attr else ""
+        if called not in functions or _tensor_ref(node.input[0]) != filename:
+            return None
+        for ref in map(_tensor_ref, node.input[1:]):
+            operand = nodes.get(ref[0])
+            if ref[1] != 0 or operand is None or operand.op not in operands or operand.input:
+                return None
+        return str(called)
+
+    save_function = call_of(save[0], operands=frozenset({"VarHandleOp", "Const"}))
+    restore_function = call_of(restore[0], operands=frozenset({"VarHandleOp"}))
+    if save_function is None or restore_function is None or save[0] == restore[0]:
+        return None
+    return _SaverCalls(save[0], save_function, restore[0], restore_function)
+
+
 def _check_graph(
     graph_def: Any, *, saver_def: Any | None, object_roots: list[str], label: str
 ) -> ForbiddenOp | None:
     functions = {f.signature.name: f for f in graph_def.library.function}
-    nodes = {node.name: node for node in graph_def.node}
-    save_nodes = _input_closure(nodes, saver_def.save_tensor_name) if saver_def else set()
-    restore_nodes = _input_closure(nodes, saver_def.restore_op_name) if saver_def else set()
-    filename_node = _node_name(saver_def.filename_tensor_name) if saver_def else None
-    other_nodes = [n for n in graph_def.node if n.name not in save_nodes | restore_nodes]
+    saver = _saver_calls(graph_def, saver_def, functions)
+    saver_nodes = {saver.save_node, saver.restore_node} if saver else set()
 
     def reach(start: Iterable[str]) -> set[str]:
         seen: set[str] = set()
@@ -236,21 +301,14 @@ def _check_graph(
                 todo += [c for c in _callees(functions[name].node_def) if c in functions]
         return seen
 
-    runs = reach([*object_roots, *_callees(other_nodes)])
-    saves = reach(_callees(nodes[n] for n in sorted(save_nodes))) - runs
-    restores = reach(_callees(nodes[n] for n in sorted(restore_nodes))) - runs
+    runs = reach([*object_roots, *_callees(n for n in graph_def.node if n.name not in saver_nodes)])
+    saves = reach([saver.save_function]) - runs if saver else set()
+    restores = reach([saver.restore_function]) - runs if saver else set()
 
     found: list[ForbiddenOp] = []
     for node in sorted(graph_def.node, key=lambda n: n.name):
-        write_ok = node.name in save_nodes and node.name not in restore_nodes
-        read_ok = (
-            node.name in restore_nodes
-            and node.name not in save_nodes
-            and bool(node.input)
-            and _node_name(node.input[0]) == filename_node
-        )
         where = f"the graph{label} (node {node.name})"
-        found += _check_nodes([node], functions, write_ok=write_ok, read_ok=read_ok, where=where)
+        found += _check_nodes([node], functions, write_ok=False, read_ok=False, where=where)
     for name in sorted(functions):
         found += _check_nodes(
             functions[name].node_def,
@@ -301,18 +359,11 @@ def _attr_functions(node: Any) -> list[str]:
     return names
 
 
-def _node_name(tensor_name: str) -> str:
-    return tensor_name.lstrip("^").split(":", 1)[0]
-
-
-def _input_closure(nodes: dict[str, Any], tensor_name: str) -> set[str]:
-    """The node producing `tensor_name` and every node it depends on (data and control inputs)."""
-    seen: set[str] = set()
-    todo = [_node_name(tensor_name)] if tensor_name else []
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in nodes:
-            continue
-        seen.add(name)
-        todo += [_node_name(i) for i in nodes[name].input]
-    return seen
+def _tensor_ref(name: str) -> tuple[str, int]:
+    """A graph tensor reference as (node, output index); a control input `^node` has index -1."""
+    if name.startswith("^"):
+        return name[1:], -1
+    node, _, index = name.partition(":")
+    if not index:
+        return node, 0
+    return (node, int(index)) if index.isdigit() else (name, -2)  # -2: not a graph-level reference

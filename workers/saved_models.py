@@ -14,7 +14,13 @@ from typing import Any
 import tensorflow as tf
 
 from service.archives import ArchiveError, safe_extract
-from workers.graph_ops import ForbiddenOp, find_forbidden_in_graph_def, find_forbidden_op, parse_saved_model
+from workers.graph_ops import (
+    ForbiddenOp,
+    find_forbidden_in_graph_def,
+    find_forbidden_op,
+    parse_saved_model,
+    tf1_refusal,
+)
 from workers.models import ModelLoadError, describe_shape, first_sentence, fixed_input_shape
 
 
@@ -59,6 +65,8 @@ def load_signature(path: Path, *, sha256: str = "", work_dir: Path | None = None
         proto = parse_saved_model(root)
     except Exception as exc:
         raise ModelLoadError(f"The saved_model.pb file cannot be parsed: {first_sentence(exc)}") from exc
+    if refusal := tf1_refusal(proto):
+        raise ModelLoadError(refusal)
     _refuse(find_forbidden_op(proto))
     try:
         loaded = tf.saved_model.load(str(root))

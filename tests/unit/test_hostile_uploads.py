@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from service.artifacts import ArtifactStore
-from tests.op_zoo import export_hostile
+from tests.op_zoo import export_hostile, export_tf1, tf1_names
 from tests.unit.api_helpers import Api, make_api, npz_bytes
 from workers import jobs
 from workers.model_cache import ModelCache
@@ -36,6 +36,18 @@ def saved_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     for op in ("ReadFile", "WriteFile"):
         folder = export_hostile(op, root / op, target=target)
         out[op] = _zip_dir(folder)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tf1_saved_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[bytes, Path]]:
+    """TF1 SavedModels whose own loader ops would write (F1) or read (F2) a file the attacker chose."""
+    root = tmp_path_factory.mktemp("tf1_saved_models")
+    out = {}
+    for index, name in enumerate(tf1_names()):
+        target = root / f"target{index}" / "ckpt"
+        target.parent.mkdir()
+        out[name] = (_zip_dir(export_tf1(name, root / f"m{index}", target=target)), target)
     return out
 
 
@@ -168,6 +180,41 @@ def npz_pickle_only() -> bytes:
     return b"\x80\x04\x95" + b"cos\nsystem\n(S'touch /tmp/parry-pickle'\ntR." + b"\0" * 32
 
 
+def _npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def npz_huge_header() -> bytes:
+    """F5: a header declaring a 10^6 x 10^6 float32 array (4 TB) over 64 bytes of data."""
+    return _zip({"x.npy": _npy_header((10**6, 10**6)) + bytes(64), "y.npy": _npy(np.arange(3))})
+
+
+def npz_short_data() -> bytes:
+    return _zip({"x.npy": _npy_header((100, 4)) + bytes(40), "y.npy": _npy(np.arange(100))})
+
+
+def npz_malformed_header() -> bytes:
+    return _zip({"x.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': <f4 }  \n", "y.npy": _npy(np.arange(3))})
+
+
+def npz_object_header() -> bytes:
+    return _zip({"x.npy": _npy_header((2,), "|O") + bytes(16), "y.npy": _npy(np.arange(2))})
+
+
+def npz_zip_bomb() -> bytes:
+    """F4: a deflated .npz that expands a thousand times (what pushed the API past 5 GB)."""
+    x = _npy_header((64 * 1024 * 1024,), "|u1") + bytes(64 * 1024 * 1024)
+    return _zip({"x.npy": x, "y.npy": _npy(np.arange(3))}, compression=zipfile.ZIP_DEFLATED)
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -194,6 +241,11 @@ CASES = [
     Case("Inf data", "/v1/datasets", npz_inf, "d.npz", 422, "infinite"),
     Case("non-integer labels", "/v1/datasets", npz_float_labels, "d.npz", 422, "integers"),
     Case("negative labels", "/v1/datasets", npz_negative_labels, "d.npz", 422, "non-negative"),
+    Case("npz header of 4 TB", "/v1/datasets", npz_huge_header, "d.npz", 422, "4,000,000,000,000 bytes"),
+    Case("npz data shorter than its header", "/v1/datasets", npz_short_data, "d.npz", 422, "holds 40 bytes"),
+    Case("npz malformed header", "/v1/datasets", npz_malformed_header, "d.npz", 422, "malformed .npy header"),
+    Case("npz object header", "/v1/datasets", npz_object_header, "d.npz", 422, "object arrays"),
+    Case("npz zip bomb", "/v1/datasets", npz_zip_bomb, "d.npz", 422, "archive bomb"),
 ]
 
 
@@ -252,6 +304,22 @@ def test_saved_model_that_touches_files_is_rejected_by_the_worker(
     assert status == "rejected"
     assert rejection and f"operation {op} (file access)" in rejection
     assert api.client.get(f"/v1/models/{r.json()['id']}").json()["rejection"] == rejection
+    assert _snapshot(tmp_path, api.settings.data_dir) == before
+
+
+@pytest.mark.parametrize("name", tf1_names())
+def test_tf1_saved_model_is_rejected_without_running_its_loader_ops(
+    api: Api, tmp_path: Path, tf1_saved_models: dict[str, tuple[bytes, Path]], name: str
+) -> None:
+    payload, target = tf1_saved_models[name]
+    targets_before = sorted(p.name for p in target.parent.iterdir())
+    before = _snapshot(tmp_path, api.settings.data_dir)
+    r = api.client.post("/v1/models", files={"file": ("m.zip", payload)})
+    assert r.status_code == 201, r.text
+    status, rejection = _validate(api, r.json()["id"])
+    assert status == "rejected"
+    assert rejection and "re-export it with TensorFlow 2" in rejection
+    assert sorted(p.name for p in target.parent.iterdir()) == targets_before
     assert _snapshot(tmp_path, api.settings.data_dir) == before
 
 

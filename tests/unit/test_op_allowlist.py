@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.op_zoo import benign_names, export_benign, export_hostile, hostile_names
+from tests.op_zoo import benign_names, export_benign, export_hostile, export_tf1, hostile_names, tf1_names
 from workers.graph_ops import (
     ALLOWED_OPS,
     CHECKPOINT_READ_OPS,
@@ -18,6 +18,7 @@ from workers.graph_ops import (
     find_forbidden_op,
     forbidden_reason,
     parse_saved_model,
+    tf1_refusal,
 )
 from workers.models import ModelLoadError, load_model
 
@@ -146,8 +147,9 @@ def test_an_unknown_or_custom_op_is_refused_by_name(zoo: dict[str, Path]) -> Non
     assert "an operation Parry does not know, such as a custom op" in found.sentence()
 
 
-def test_top_level_restore_must_read_the_savers_file(zoo: dict[str, Path]) -> None:
-    for source, refused in (("saver_filename", False), ("Const", True)):
+def test_a_top_level_restore_is_refused_whatever_file_it_reads(zoo: dict[str, Path]) -> None:
+    """TensorFlow 2 exports restore inside a function; a RestoreV2 node in the graph itself is TF1 style."""
+    for source in ("saver_filename", "saver_filename:0", "Const"):
         proto = _proto(zoo)
         meta = proto.meta_graphs[0]
         restore = meta.graph_def.node.add()
@@ -156,7 +158,111 @@ def test_top_level_restore_must_read_the_savers_file(zoo: dict[str, Path]) -> No
         (root,) = [n for n in meta.graph_def.node if n.name == meta.saver_def.restore_op_name]
         root.input.append("^old_style_restore")
         found = find_forbidden_op(proto)
-        assert (found is not None and found.op == "RestoreV2") is refused, source
+        assert found is not None and found.op == "RestoreV2" and "old_style_restore" in found.where, source
+
+
+def _saver_node(proto: Any, which: str) -> Any:
+    saver = proto.meta_graphs[0].saver_def
+    name = (saver.save_tensor_name if which == "save" else saver.restore_op_name).split(":")[0]
+    (node,) = [n for n in proto.meta_graphs[0].graph_def.node if n.name == name]
+    return node
+
+
+def _mutate_filename_index(proto: Any) -> None:
+    _saver_node(proto, "restore").input[0] = "saver_filename:1"
+
+
+def _mutate_save_tensor_index(proto: Any) -> None:
+    proto.meta_graphs[0].saver_def.save_tensor_name = _saver_node(proto, "save").name + ":1"
+
+
+def _mutate_save_tensor_to_a_signature(proto: Any) -> None:
+    proto.meta_graphs[0].saver_def.save_tensor_name = "StatefulPartitionedCall:0"
+
+
+def _mutate_restore_operand(proto: Any) -> None:
+    _saver_node(proto, "restore").input.append("StatefulPartitionedCall:0")
+
+
+def _mutate_filename_not_a_placeholder(proto: Any) -> None:
+    proto.meta_graphs[0].saver_def.filename_tensor_name = "Const:0"
+
+
+def _mutate_restore_name_with_index(proto: Any) -> None:
+    proto.meta_graphs[0].saver_def.restore_op_name += ":0"
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        _mutate_filename_index,
+        _mutate_save_tensor_index,
+        _mutate_save_tensor_to_a_signature,
+        _mutate_restore_operand,
+        _mutate_filename_not_a_placeholder,
+        _mutate_restore_name_with_index,
+    ],
+)
+def test_the_checkpoint_exception_needs_the_exact_saver_shape(zoo: dict[str, Path], mutate: Any) -> None:
+    """Tensor references are matched by node and output index; any other shape loses the exception."""
+    proto = _proto(zoo)
+    assert find_forbidden_op(proto) is None
+    mutate(proto)
+    found = find_forbidden_op(proto)
+    assert found is not None and found.op in CHECKPOINT_WRITE_OPS | CHECKPOINT_READ_OPS
+    assert "outside the variables checkpoint" in found.sentence()
+
+
+def test_tf2_exports_are_not_refused_as_tf1(zoo: dict[str, Path]) -> None:
+    assert not [name for name, path in zoo.items() if tf1_refusal(parse_saved_model(path))]
+
+
+def test_a_saved_model_without_a_usable_object_graph_is_refused_as_tf1(zoo: dict[str, Path]) -> None:
+    emptied = _proto(zoo)
+    emptied.meta_graphs[0].object_graph_def.ClearField("nodes")
+    assert emptied.meta_graphs[0].HasField("object_graph_def")
+    removed = _proto(zoo)
+    removed.meta_graphs[0].ClearField("object_graph_def")
+    doubled = _proto(zoo)
+    doubled.meta_graphs.add().CopyFrom(doubled.meta_graphs[0])
+    for proto in (emptied, removed, doubled):
+        sentence = tf1_refusal(proto)
+        assert sentence and "re-export it with TensorFlow 2" in sentence
+
+
+@pytest.fixture(scope="module")
+def tf1_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    root = tmp_path_factory.mktemp("tf1_zoo")
+    out = {}
+    for index, name in enumerate(tf1_names()):
+        target = root / f"target{index}" / "ckpt"
+        target.parent.mkdir()
+        out[name] = (export_tf1(name, root / f"model{index}", target=target), target)
+    return out
+
+
+@pytest.mark.parametrize("name", tf1_names())
+def test_tf1_saved_models_are_refused_before_the_loader_runs(
+    tf1_models: dict[str, tuple[Path, Path]], name: str
+) -> None:
+    path, target = tf1_models[name]
+    before = sorted(p.name for p in target.parent.iterdir())
+    with pytest.raises(ModelLoadError, match="re-export it with TensorFlow 2"):
+        load_model(path)
+    assert sorted(p.name for p in target.parent.iterdir()) == before
+    # The second layer holds on its own: the checkpoint ops of a TF1 graph are refused by the allowlist.
+    found = find_forbidden_op(parse_saved_model(path))
+    assert found is not None and found.op in CHECKPOINT_WRITE_OPS | CHECKPOINT_READ_OPS
+
+
+def test_the_main_op_payload_is_real(tmp_path: Path) -> None:
+    """Without Parry's checks, TensorFlow's own loader runs the F1 model's main_op and writes its file."""
+    import tensorflow as tf
+
+    path = export_tf1("main_op writes", tmp_path / "model", target=tmp_path / "written")
+    assert not (tmp_path / "written.index").exists()
+    tf.saved_model.load(str(path))
+    assert (tmp_path / "written.index").is_file()
 
 
 def test_top_level_save_outside_the_saver_is_refused(zoo: dict[str, Path]) -> None:
