@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from service.datasets import ArrayDataset, load_builtin  # noqa: E402
-from service.schemas import EvaluationOptions, FGSMSpec, PGDSpec  # noqa: E402
+from service.domain.datasets import ArrayDataset, load_builtin  # noqa: E402
+from service.domain.specs import EvaluationOptions, FGSMSpec, PGDSpec  # noqa: E402
 from tests.modelzoo import small_cnn, train_clean  # noqa: E402
 from workers.attacks import FGSM, PGD, Attack  # noqa: E402
-from workers.evaluation import evaluate  # noqa: E402
-from workers.models import LoadedModel, from_keras, load_model  # noqa: E402
+from workers.evaluation.engine import evaluate  # noqa: E402
+from workers.models.loading import LoadedModel, from_keras, load_model  # noqa: E402
 
 EPS, STEPS, STEP_SIZE, BATCH = 0.3, 40, 0.01, 250
 

@@ -56,7 +56,7 @@ def timed_evaluation(c: Stack, spec: dict[str, Any]) -> tuple[dict[str, Any], fl
 
 
 def trained_model(path: Path) -> Path:
-    from service.datasets import load_builtin
+    from service.domain.datasets import load_builtin
     from tests.modelzoo import small_cnn, train_clean
 
     model = train_clean(small_cnn(), load_builtin("builtin:mnist-5k:train"), epochs=3)

@@ -97,8 +97,8 @@ class Stack:
     def start_api(self) -> None:
         """The API, one uvicorn process without access log; returns once `/readyz` answers 200."""
         command = [
-            sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory", "--host", "127.0.0.1",
-            "--port", str(self.api_port), "--no-access-log", "--log-level", "warning",
+            sys.executable, "-m", "uvicorn", "service.api.main:create_app", "--factory",
+            "--host", "127.0.0.1", "--port", str(self.api_port), "--no-access-log", "--log-level", "warning",
         ]  # fmt: skip
         self.api = self._start(command, "api.log", self.env)
         wait_until(lambda: self.client.get("/readyz").status_code == 200, "the API answering /readyz")

@@ -24,11 +24,11 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.datasets import ArrayDataset, load_builtin  # noqa: E402
-from service.schemas import EvaluationOptions, PGDSpec, TrainingOptions  # noqa: E402
+from service.domain.datasets import ArrayDataset, load_builtin  # noqa: E402
+from service.domain.specs import EvaluationOptions, PGDSpec, TrainingOptions  # noqa: E402
 from tests.modelzoo import small_cnn, train_clean  # noqa: E402
-from workers.evaluation import evaluate  # noqa: E402
-from workers.models import LoadedModel, from_keras  # noqa: E402
+from workers.evaluation.engine import evaluate  # noqa: E402
+from workers.models.loading import LoadedModel, from_keras  # noqa: E402
 from workers.training import train  # noqa: E402
 
 EVAL_EPS = [0.3, 0.2, 0.1]

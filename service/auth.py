@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Callable
 
 from service.settings import Settings
-from service.store import JobStore
+from service.store.jobs import JobStore
 
 LOCAL_OWNER = "local"
 KEY_PREFIX = "pk_"

@@ -39,11 +39,13 @@ class Settings(BaseSettings):
 
     task_time_limit_s: int = Field(default=6 * 3600, gt=0)
     max_samples_per_job: int = Field(default=1_000_000, gt=0)
-    # One gradient step is a forward+backward pass for one sample (service/limits.py counts them per job).
+    # One gradient step is a forward+backward pass for one sample (service/domain/limits.py counts them
+    # per job).
     max_gradient_steps_per_job: int = Field(default=2_000_000_000, gt=0)
     # Callback URLs must resolve to public addresses unless this is set (loopback tests, trusted networks).
     callback_allow_private: bool = False
-    # Limits the worker process sets on itself at start (workers/sandbox.py); 0 leaves a limit as it is.
+    # Limits the worker process sets on itself at start (workers/runtime/sandbox.py); 0 leaves a limit
+    # as it is.
     worker_max_open_files: int = Field(default=4096, ge=0)
     worker_memory_limit_bytes: int = Field(default=0, ge=0)
     # Models kept loaded and compiled in one worker process, keyed by sha256.
@@ -51,12 +53,12 @@ class Settings(BaseSettings):
     # A running job's claim expires this long after the worker's last heartbeat;
     # then another worker may take it.
     job_lease_s: float = Field(default=60.0, gt=0)
-    # How often each worker re-enqueues jobs the broker may have lost (see workers/reconciler.py).
+    # How often each worker re-enqueues jobs the broker may have lost (see workers/runtime/reconciler.py).
     reconcile_interval_s: float = Field(default=30.0, gt=0)
     # A job still queued after this long is sent to the broker again (duplicates are harmless no-ops).
     requeue_queued_after_s: float = Field(default=600.0, gt=0)
     # An evaluation of at least this many samples is split into shards that several workers run at once
-    # (workers/shards.py); each shard attacks about `shard_size` samples.
+    # (workers/runners/sharded.py); each shard attacks about `shard_size` samples.
     shard_min_samples: int = Field(default=10_000, ge=1)
     shard_size: int = Field(default=2_500, ge=1)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from service.datasets import ArrayDataset, load_builtin
+from service.domain.datasets import ArrayDataset, load_builtin
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from service.datasets import ArrayDataset
+from service.domain.datasets import ArrayDataset
 
 
 def small_cnn(
@@ -112,7 +112,7 @@ def digits_cnn_file(dest: Path) -> Path:
     """A tiny CNN trained for a second on the 8x8 digits, saved as .keras."""
     import keras
 
-    from service.datasets import load_builtin
+    from service.domain.datasets import load_builtin
 
     model = keras.Sequential(
         [

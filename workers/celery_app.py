@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from service.broker import celery_config
+from service.domain.tasks import celery_config
 from service.settings import get_settings
 
 app = Celery("parry", include=["workers.tasks"])
@@ -35,37 +35,37 @@ def _setup_logging(loglevel: int | str | None = None, logfile: str | None = None
 @signals.worker_init.connect  # type: ignore[untyped-decorator]
 def _configure_devices(**_: Any) -> None:
     # Before any task touches TensorFlow: memory growth must be set before a GPU is initialised.
-    from workers.devices import configure_devices
+    from workers.runtime.devices import configure_devices
 
     configure_devices()
 
 
 @signals.worker_init.connect  # type: ignore[untyped-decorator]
 def _apply_limits(**_: Any) -> None:
-    # Before any model is loaded: limits the model's code cannot raise again (workers/sandbox.py).
-    from workers.sandbox import apply_limits
+    # Before any model is loaded: limits the model's code cannot raise again (workers/runtime/sandbox.py).
+    from workers.runtime.sandbox import apply_limits
 
     apply_limits(get_settings())
 
 
 @signals.worker_ready.connect  # type: ignore[untyped-decorator]
 def _sweep_leftovers(**_: Any) -> None:
-    from workers.leftovers import sweep
+    from workers.runtime.leftovers import sweep
 
     sweep(get_settings().data_dir)
 
 
 @signals.worker_ready.connect  # type: ignore[untyped-decorator]
 def _start_reconciler(**_: Any) -> None:
-    from workers.reconciler import start_reconciler
-    from workers.tasks import context
+    from workers.context import build_context
+    from workers.runtime.reconciler import start_reconciler
 
-    start_reconciler(context())
+    start_reconciler(build_context())
 
 
 @signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]
 def _hand_back_running_job(**_: Any) -> None:
     # A warm shutdown would wait for the running job to end (hours): it stops and goes back to the queue.
-    from workers.heartbeat import SHUTTING_DOWN
+    from workers.runtime.heartbeat import SHUTTING_DOWN
 
     SHUTTING_DOWN.set()

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from service.attack_syntax import describe_validation_error
+from service.domain.attack_syntax import describe_validation_error
+from service.domain.results import EvaluationResult
+from service.domain.verdicts import outcomes_for_job
 from service.errors import FormatNotAvailable
 from service.reports.junit import junit_report
 from service.reports.markdown import markdown_report
-from service.schemas import EvaluationResult
-from service.store import JobRecord
-from service.verdicts import outcomes_for_job
+from service.store.records import JobRecord
 
 PIPELINE_MEDIA_TYPES = {"junit": "application/xml", "markdown": "text/markdown; charset=utf-8"}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from service.schemas import EvaluationResult
-from service.verdicts import CheckOutcome, pct
+from service.domain.results import EvaluationResult
+from service.domain.verdicts import CheckOutcome, pct
 
 
 def junit_report(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from service.schemas import EvaluationResult
-from service.verdicts import CheckOutcome, pct
+from service.domain.results import EvaluationResult
+from service.domain.verdicts import CheckOutcome, pct
 
 
 def markdown_report(

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import uvicorn
 
-from service.artifacts import ArtifactStore
-from service.main import create_app
+from service.api.main import create_app
 from service.settings import Settings
-from service.store import JobStore
+from service.store.artifacts import ArtifactStore
+from service.store.jobs import JobStore
 from tests.unit.api_helpers import DEAD_REDIS, RecordingEnqueuer
 
 ROOT = Path(__file__).resolve().parents[2]

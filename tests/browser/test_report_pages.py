@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.datasets import ArrayDataset
-from service.schemas import EvaluationOptions, FGSMSpec, PGDSpec, Progress
-from service.ui.examples import EXAMPLES_ARTIFACT
+from service.domain.artifacts import EXAMPLES_ARTIFACT
+from service.domain.datasets import ArrayDataset
+from service.domain.results import Progress
+from service.domain.specs import EvaluationOptions, FGSMSpec, PGDSpec
 from tests.browser.conftest import SCREENSHOTS, LiveServer
 from tests.unit.ui_fixtures import EVIL, evaluation_result, finished_job, training_result
-from workers.examples import examples_npz
+from workers.evaluation.examples import examples_npz
 
 
 def _evil_model(server: LiveServer, sha: str) -> str:
@@ -28,8 +29,8 @@ def _evil_model(server: LiveServer, sha: str) -> str:
 @pytest.fixture(scope="module")
 def evaluation_job(live_server: LiveServer, mnist_cnn: Any, mnist_test: ArrayDataset) -> str:
     """A real evaluation (FGSM and PGD-10 at three eps on 200 test digits) stored as the worker would."""
-    from workers.evaluation import evaluate
-    from workers.models import from_keras
+    from workers.evaluation.engine import evaluate
+    from workers.models.loading import from_keras
 
     order = np.random.default_rng(0).permutation(mnist_test.num_samples)[:200]
     data = ArrayDataset(mnist_test.x[order], mnist_test.y[order], mnist_test.sha256, mnist_test.name)

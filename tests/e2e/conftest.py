@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.datasets import ArrayDataset
+from service.domain.datasets import ArrayDataset
 from tests.dbs import PostgresUnavailable, fresh_postgres_url
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,7 +167,7 @@ class Service:
     def start_api(self) -> subprocess.Popen[bytes]:
         log = self._log("api.log")
         command = [
-            sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
+            sys.executable, "-m", "uvicorn", "service.api.main:create_app", "--factory",
             "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log",
         ]  # fmt: skip
         with log.open("ab") as out:

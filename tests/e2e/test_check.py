@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.cli import main
+from service.cli.main import main
 from tests.e2e.conftest import Service, free_port
 
 CHECKS = """

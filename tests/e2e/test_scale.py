@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from service.schemas import EvaluationOptions
-from service.shard_store import ShardStore
-from service.store import JobStore
+from service.domain.specs import EvaluationOptions
+from service.store.jobs import JobStore
+from service.store.shards import ShardStore
 from tests.dbs import PostgresUnavailable, fresh_postgres_url
 from tests.e2e.conftest import Service, _flush, free_port
 
@@ -127,9 +127,9 @@ def test_a_sharded_evaluation_runs_on_both_workers_and_equals_one_worker(
     assert {str(s.worker).rsplit(":", 1)[1] for s in shards} == _worker_pids(svc)  # at once, on both
 
     # The single-worker engine in this process, on the same model bytes, data, options and seed.
-    from service.datasets import load_builtin
-    from workers.evaluation import evaluate
-    from workers.models import load_model
+    from service.domain.datasets import load_builtin
+    from workers.evaluation.engine import evaluate
+    from workers.models.loading import load_model
 
     path = e2e_files["keras"]
     model = load_model(

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.schemas import EvaluationOptions
+from service.domain.specs import EvaluationOptions
 from tests.e2e.conftest import RedisServer, Service
 
 ATTACKS: list[dict[str, Any]] = [
@@ -167,7 +167,7 @@ def test_evaluation_matches_the_in_process_engine(
     assert job["status"] == "succeeded", job
     remote = job["result"]
 
-    from workers.local import run_local_evaluation
+    from workers.evaluation.local import run_local_evaluation
 
     options = EvaluationOptions.model_validate({"attacks": ATTACKS, "seed": 3})
     local = run_local_evaluation(e2e_files[kind], str(e2e_files["dataset"]), options).result.model_dump(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.datasets import ArrayDataset
+from service.domain.datasets import ArrayDataset
 from tests.e2e.conftest import Service
 
 pytestmark = pytest.mark.parametrize("service", ["sqlite"], indirect=True)
@@ -131,7 +131,7 @@ def test_the_robustified_model_is_registered_and_can_be_evaluated(
 def test_a_killed_workers_training_resumes_from_its_checkpoint(
     service: Service, cnn: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from service.cli import main
+    from service.cli.main import main
 
     # Submitted with `parry train`, so the CLI is checked against the real route too.
     extra = tmp_path / "spec.json"

@@ -17,9 +17,9 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*install `httpx2`")
     from fastapi.testclient import TestClient
 
-from service.main import create_app
+from service.api.main import create_app
 from service.settings import Settings
-from service.store import JobStore
+from service.store.jobs import JobStore
 
 # Nothing listens on port 1: the broker is "down" for every unit test.
 DEAD_REDIS = "redis://127.0.0.1:1/0"

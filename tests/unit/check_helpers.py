@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from service.schemas import AttackSpec, EvaluationResult
+from service.domain.results import EvaluationResult
+from service.domain.specs import AttackSpec
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(AttackSpec)
 

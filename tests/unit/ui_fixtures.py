@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from service.artifacts import ArtifactStore
-from service.store import JobStore
-from service.ui.examples import EXAMPLES_ARTIFACT
-from workers.examples import KeptRun, example_arrays, examples_npz
+from service.domain.artifacts import EXAMPLES_ARTIFACT
+from service.store.artifacts import ArtifactStore
+from service.store.jobs import JobStore
+from workers.evaluation.examples import KeptRun, example_arrays, examples_npz
 
 EVIL = "<script>alert(1)</script>"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.schemas import FGSMSpec, PGDSpec
+from service.domain.specs import FGSMSpec, PGDSpec
 from workers.attacks.base import Attack, AttackOutput, derive_seed, random_targets
 from workers.attacks.fgsm import FGSM
 from workers.attacks.pgd import PGD

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from workers.attacks.losses import LossName, is_success, objective
-from workers.models import LoadedModel
+from workers.models.loading import LoadedModel
 
 Norm = Literal["linf", "l2"]
 Logits = Callable[[tf.Tensor], tf.Tensor]

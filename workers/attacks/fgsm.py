@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from service.schemas import FGSMSpec
+from service.domain.specs import FGSMSpec
 from workers.attacks.base import Attack, Logits, ascent_direction
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from service.schemas import PGDSpec
+from service.domain.specs import PGDSpec
 from workers.attacks.base import (
     Attack,
     CompiledAttack,
@@ -20,7 +20,7 @@ from workers.attacks.base import (
     random_start,
 )
 from workers.attacks.losses import LossName, is_success
-from workers.models import LoadedModel
+from workers.models.loading import LoadedModel
 
 # Steps unrolled into one graph. Between two such chunks the samples that already succeeded leave the
 # batch; tracing time also grows with the unrolled length (about 0.1 s per step here).

@@ -12,11 +12,12 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from service.datasets import ArrayDataset
-from service.schemas import EvaluationOptions, EvaluationResult, TrainingOptions
+from service.domain.datasets import ArrayDataset
+from service.domain.results import EvaluationResult
+from service.domain.specs import EvaluationOptions, TrainingOptions
 from workers.attacks import PGD
-from workers.evaluation import EvaluationCancelled, EvaluationError, evaluate
-from workers.models import LoadedModel
+from workers.evaluation.engine import EvaluationCancelled, EvaluationError, evaluate
+from workers.models.loading import LoadedModel
 from workers.training.errors import TrainingCancelled, TrainingError
 from workers.training.progress import ProgressTracker
 

@@ -6,7 +6,7 @@ import hashlib
 
 import numpy as np
 
-from service.datasets import ArrayDataset
+from service.domain.datasets import ArrayDataset
 from workers.training.errors import TrainingError
 
 # Seed-path tags, apart from every epoch index.

@@ -16,7 +16,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from workers.models import LoadedModel
+from workers.models.loading import LoadedModel
 
 
 def export_saved_model_zip(model: LoadedModel, dest: Path) -> Path:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from service.schemas import Norm, TrainingMethod
+from service.domain.specs import Norm, TrainingMethod
 from workers.attacks.base import ascent_direction, project, random_start
 from workers.attacks.losses import cross_entropy
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from service.schemas import Progress
+from service.domain.results import Progress
 
 # Progress callbacks usually write to the job store: at most a few per second.
 _MIN_INTERVAL_S = 0.5

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from service.schemas import LearningRateSchedule
+from service.domain.specs import LearningRateSchedule
 
 # Catastrophic overfitting (Wong et al.) takes PGD accuracy to near zero within an epoch; ordinary
 # noise between epochs is a few points. A fall below half the best AND by at least 10 points is the former.

@@ -20,16 +20,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from service.datasets import ArrayDataset
-from service.schemas import (
-    EpochRecord,
-    EvaluationResult,
-    Progress,
-    TrainingOptions,
-    TrainingResult,
-)
+from service.domain.datasets import ArrayDataset
+from service.domain.results import EpochRecord, EvaluationResult, Progress, TrainingResult
+from service.domain.specs import TrainingOptions
 from workers.attacks import derive_seed
-from workers.models import LoadedModel, first_sentence
+from workers.models.errors import first_sentence
+from workers.models.loading import LoadedModel
 from workers.training import checkpoint, schedules
 from workers.training.checkpoint import Checkpoint, RunState
 from workers.training.checks import EpochCheck, evaluate_attacks, evaluation_units

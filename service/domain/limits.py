@@ -1,0 +1,45 @@
+"""The work cap of one job: gradient steps counted from the spec, checked before the job is queued.
+
+A gradient step is one forward and backward pass for one sample; the cost of an attack and of a training
+epoch is close to a whole number of them (DESIGN.md: PGD-k costs k passes). Counting them at submission
+lets the API refuse, with a sentence, a job that would hold a worker for days, before anything runs;
+the per-job time limit (`task_time_limit_s`) still stops whatever the count misjudges.
+"""
+
+from __future__ import annotations
+
+from service.domain.specs import AttackSpec, TrainingOptions
+from service.errors import IncompatibleSpec
+
+# A held-out validation split is this fraction of the training data (workers/training split_validation).
+HELD_OUT_FRACTION = 0.1
+
+
+def attack_steps(attack: AttackSpec) -> int:
+    """Gradient steps per sample for one attack over all its eps values."""
+    per_eps = attack.steps * attack.restarts if attack.name == "pgd" else 1
+    return per_eps * len(attack.eps_values())
+
+
+def evaluation_steps(attacks: list[AttackSpec], samples: int) -> int:
+    """Gradient steps of an evaluation: every attack at every eps on every sample (an upper bound)."""
+    return samples * sum(attack_steps(attack) for attack in attacks)
+
+
+def training_steps(spec: TrainingOptions, *, train_samples: int, validation_samples: int) -> int:
+    """Gradient steps of a training: the epochs, the per-epoch check, `evaluate` before and after."""
+    per_sample = 2 if spec.method == "fgsm-rs" else spec.steps + 1  # the attack's steps plus the update
+    checked = validation_samples
+    if spec.validation_samples is not None:
+        checked = min(checked, spec.validation_samples)
+    epochs = spec.epochs * (train_samples * per_sample + checked * spec.validation_steps)
+    return epochs + 2 * evaluation_steps(spec.evaluate, validation_samples)
+
+
+def check_steps(steps: int, limit: int, *, what: str, hint: str) -> None:
+    """Refuse a job of more than `limit` gradient steps, with a sentence that names both figures."""
+    if steps > limit:
+        raise IncompatibleSpec(
+            f"this {what} would take about {steps:,} gradient steps, more than the limit of {limit:,} "
+            f"per job; {hint}"
+        )

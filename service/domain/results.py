@@ -1,0 +1,114 @@
+"""What jobs answer, shared by the API, the workers and the CLI: progress, evaluation and training results.
+
+This module imports neither FastAPI nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from service.domain.specs import Norm, TrainingMethod
+
+
+class Progress(BaseModel):
+    fraction: float = Field(ge=0, le=1)
+    stage: str = ""
+    eta_seconds: float | None = None
+
+
+class Perturbation(BaseModel):
+    linf: float
+    l2: float
+
+
+class AttackCost(BaseModel):
+    """Gradient work of one attack at one eps: what a bigger job will cost scales with these."""
+
+    forward_passes: int = Field(description="Model forward passes, summed over all samples.")
+    backward_passes: int = Field(description="Input-gradient computations, summed over all samples.")
+    forward_per_sample: float = Field(description="forward_passes / num_samples.")
+    backward_per_sample: float = Field(description="backward_passes / num_samples.")
+
+
+class AttackResult(BaseModel):
+    name: str
+    norm: Norm
+    eps: float
+    spec: dict[str, Any]
+    robust_accuracy: float
+    robust_accuracy_ci95: tuple[float, float] | None = Field(
+        default=None, description="95% Wilson interval of robust_accuracy for this many samples."
+    )
+    attack_success_rate: float
+    num_attacked: int = Field(description="Samples attacked: those classified correctly when clean.")
+    mean_perturbation: Perturbation
+    per_class_robust_accuracy: dict[str, float]
+    seconds: float
+    samples_per_second: float
+    cost: AttackCost
+
+
+class WorstCaseResult(BaseModel):
+    """A sample counts as robust only if every attack at this (norm, eps) failed on it."""
+
+    norm: Norm
+    eps: float
+    attacks: list[str]
+    robust_accuracy: float
+    robust_accuracy_ci95: tuple[float, float] | None = Field(
+        default=None, description="95% Wilson interval of robust_accuracy for this many samples."
+    )
+    per_class_robust_accuracy: dict[str, float]
+
+
+class EvaluationResult(BaseModel):
+    num_samples: int
+    clean_accuracy: float
+    per_class_clean_accuracy: dict[str, float] = Field(default_factory=dict)
+    attacks: list[AttackResult]
+    worst_case: list[WorstCaseResult] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    cost: AttackCost | None = None
+    model_sha256: str
+    dataset_sha256: str
+    seed: int
+    input_range: tuple[float, float] = (0.0, 1.0)
+    seconds: float = 0.0
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+class EpochRecord(BaseModel):
+    """One epoch of adversarial training; accuracies are on the validation samples."""
+
+    epoch: int = Field(description="1-based.")
+    loss: float = Field(description="Mean training loss over the epoch's batches.")
+    train_accuracy: float = Field(description="Accuracy on the epoch's training inputs (adversarial ones).")
+    clean_accuracy: float
+    robust_accuracy: float = Field(description="Under PGD (validation_steps) at the full training eps.")
+    eps: float = Field(description="Training eps at the end of the epoch (below the target during the ramp).")
+    learning_rate: float = Field(description="Learning rate of the epoch's last batch.")
+    seconds: float
+
+
+class TrainingResult(BaseModel):
+    method: TrainingMethod
+    history: list[EpochRecord]
+    best_epoch: int | None = Field(description="The epoch whose weights were exported (1-based).")
+    epochs_completed: int
+    stopped_early: bool = False
+    rolled_back: bool = False
+    notes: list[str] = Field(default_factory=list)
+    before: EvaluationResult | None = None
+    after: EvaluationResult | None = None
+    num_train_samples: int
+    num_validation_samples: int
+    seconds: float = Field(description="Wall time of all runs of this job, resumed ones included.")
+    resumed: bool = Field(default=False, description="This run continued from a checkpoint.")
+    model_sha256: str
+    train_dataset_sha256: str
+    validation_dataset_sha256: str
+    seed: int
+    model_id: str | None = Field(default=None, description="The registered robustified model.")
+    versions: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,211 @@
+"""Verdicts: an evaluation result judged against thresholds (with sampling noise) and a baseline run.
+
+Pure functions, result in and outcomes out, so `parry check` and the report route give the same verdicts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from service.domain.attack_syntax import describe_validation_error
+from service.domain.results import AttackResult, EvaluationResult
+from service.domain.specs import AttackSpec, FGSMSpec, PGDSpec, Threshold
+from service.domain.stats import accuracy_interval
+
+DEFAULT_TOLERANCE = 0.02
+_ATTACK_ADAPTER: TypeAdapter[FGSMSpec | PGDSpec] = TypeAdapter(AttackSpec)
+
+
+class BaselineError(ValueError):
+    """A baseline that cannot be compared with; the message is one sentence."""
+
+
+@dataclass
+class CheckOutcome:
+    """The verdict on one attack at one eps: its numbers, its bars, and one sentence saying why."""
+
+    name: str
+    attack: str
+    norm: str
+    eps: float
+    robust_accuracy: float
+    ci95: tuple[float, float]
+    num_samples: int
+    min_robust_accuracy: float | None = None
+    use_lower_bound: bool = False
+    baseline_robust_accuracy: float | None = None
+    max_regression: float | None = None
+    passed: bool = True
+    message: str = ""
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def regression(self) -> float | None:
+        if self.baseline_robust_accuracy is None:
+            return None
+        return self.baseline_robust_accuracy - self.robust_accuracy
+
+    def to_json(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["ci95"] = list(self.ci95)
+        body["regression"] = self.regression
+        return body
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def attack_label(name: str, spec: dict[str, Any]) -> str:
+    """`pgd-20`, `pgd-40×5 cw`, `fgsm (targeted)`: enough to tell the attacks of one report apart."""
+    label = name
+    if name == "pgd":
+        label = f"pgd-{spec.get('steps', 40)}"
+        if int(spec.get("restarts", 1) or 1) > 1:
+            label += f"×{spec['restarts']}"
+        if spec.get("loss") == "cw":
+            label += " cw"
+    return label + (" (targeted)" if spec.get("targeted") else "")
+
+
+def robust_interval(row: Any, num_samples: int) -> tuple[float, float]:
+    """The 95% interval the worker reported (`robust_accuracy_ci95`), else Wilson's from the counts."""
+    reported = getattr(row, "robust_accuracy_ci95", None)
+    if reported is not None and len(reported) == 2:
+        return float(reported[0]), float(reported[1])
+    return accuracy_interval(row.robust_accuracy, num_samples)
+
+
+def judge(
+    result: EvaluationResult,
+    attacks: Sequence[FGSMSpec | PGDSpec],
+    thresholds: Sequence[Threshold] = (),
+    *,
+    baseline: EvaluationResult | None = None,
+    max_regression: Sequence[float] | float = DEFAULT_TOLERANCE,
+) -> list[CheckOutcome]:
+    """One outcome per attack × eps of `result` (in its order), judged against the thresholds and baseline.
+
+    `attacks` are the evaluation's attack specs (result rows come in their order, every eps of one attack
+    in turn); `max_regression` is one tolerance for all attacks or one per attack.
+    """
+    origins = _row_origins(result, attacks)
+    outcomes = []
+    for row, (index, eps) in zip(result.attacks, origins, strict=True):
+        ci = robust_interval(row, result.num_samples)
+        outcome = CheckOutcome(
+            name=f"{attack_label(row.name, row.spec)} {row.norm} eps={row.eps:g}",
+            attack=row.name,
+            norm=row.norm,
+            eps=row.eps,
+            robust_accuracy=row.robust_accuracy,
+            ci95=ci,
+            num_samples=result.num_samples,
+            seconds=row.seconds,
+        )
+        bars = [t for t in thresholds if t.attack == index and (t.eps is None or math.isclose(t.eps, eps))]
+        for bar in bars:
+            _apply_threshold(outcome, bar)
+        if baseline is not None:
+            tolerance = max_regression if isinstance(max_regression, float | int) else max_regression[index]
+            _apply_baseline(outcome, row, baseline, float(tolerance))
+        outcome.passed = not outcome.problems
+        outcome.message = "; ".join(outcome.problems) if outcome.problems else _pass_message(outcome)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _row_origins(result: EvaluationResult, attacks: Sequence[FGSMSpec | PGDSpec]) -> list[tuple[int, float]]:
+    origins = [(i, eps) for i, spec in enumerate(attacks) for eps in spec.eps_values()]
+    if len(origins) != len(result.attacks) or any(
+        row.name != attacks[i].name or not math.isclose(row.eps, eps)
+        for row, (i, eps) in zip(result.attacks, origins, strict=False)
+    ):
+        raise ValueError("the result does not hold one row per attack and eps of the evaluation's spec")
+    return origins
+
+
+def _apply_threshold(outcome: CheckOutcome, bar: Threshold) -> None:
+    outcome.min_robust_accuracy = max(outcome.min_robust_accuracy or 0.0, bar.min_robust_accuracy)
+    outcome.use_lower_bound = outcome.use_lower_bound or bar.use_lower_bound
+    if bar.name and not outcome.name.startswith(bar.name):
+        outcome.name = f"{bar.name}: {outcome.name}"
+    if bar.use_lower_bound:
+        lo, hi = outcome.ci95
+        if lo < bar.min_robust_accuracy:
+            outcome.problems.append(
+                f"robust accuracy {pct(outcome.robust_accuracy)} (95% CI {pct(lo)}–{pct(hi)}, "
+                f"{outcome.num_samples} samples): the lower bound is below the required "
+                f"{pct(bar.min_robust_accuracy)}"
+            )
+    elif outcome.robust_accuracy < bar.min_robust_accuracy:
+        outcome.problems.append(
+            f"robust accuracy {pct(outcome.robust_accuracy)} is below the required "
+            f"{pct(bar.min_robust_accuracy)}"
+        )
+
+
+def _apply_baseline(
+    outcome: CheckOutcome, row: AttackResult, baseline: EvaluationResult, tolerance: float
+) -> None:
+    match = _baseline_row(row, baseline)
+    outcome.max_regression = tolerance
+    if match is None:
+        return
+    outcome.baseline_robust_accuracy = match.robust_accuracy
+    drop = match.robust_accuracy - row.robust_accuracy
+    if drop > tolerance + 1e-9:
+        outcome.problems.append(
+            f"robust accuracy fell from {pct(match.robust_accuracy)} (baseline) to "
+            f"{pct(row.robust_accuracy)}, "
+            f"a drop of {100 * drop:.1f} points, more than the tolerance of {100 * tolerance:.1f}"
+        )
+
+
+def _baseline_row(row: AttackResult, baseline: EvaluationResult) -> AttackResult | None:
+    """The baseline's row for the same attack, norm, eps and attack settings."""
+    for candidate in baseline.attacks:
+        if (candidate.name, candidate.norm) == (row.name, row.norm) and math.isclose(candidate.eps, row.eps):
+            if _comparable(candidate.spec) == _comparable(row.spec):
+                return candidate
+    return None
+
+
+def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k not in ("eps",)}
+
+
+def _pass_message(outcome: CheckOutcome) -> str:
+    lo, hi = outcome.ci95
+    text = f"robust accuracy {pct(outcome.robust_accuracy)} (95% CI {pct(lo)}–{pct(hi)})"
+    if outcome.min_robust_accuracy is not None:
+        what = "lower bound" if outcome.use_lower_bound else "estimate"
+        text += f", {what} at or above the required {pct(outcome.min_robust_accuracy)}"
+    if outcome.baseline_robust_accuracy is not None:
+        text += f", baseline {pct(outcome.baseline_robust_accuracy)}"
+    return text
+
+
+def outcomes_for_job(spec: dict[str, Any], result: EvaluationResult) -> list[CheckOutcome]:
+    """The verdicts of a stored evaluation job: its spec's thresholds applied to its result."""
+    attacks = [_ATTACK_ADAPTER.validate_python(a) for a in spec.get("attacks", [])]
+    thresholds = [Threshold.model_validate(t) for t in spec.get("thresholds", [])]
+    return judge(result, attacks, thresholds)
+
+
+def baseline_result(data: Any) -> EvaluationResult:
+    """An EvaluationResult from what a baseline file may hold: a result, a job, or a `parry check --json`."""
+    if isinstance(data, dict) and isinstance(data.get("result"), dict):
+        data = data["result"]
+    try:
+        return EvaluationResult.model_validate(data)
+    except ValidationError as exc:
+        raise BaselineError(
+            f"the baseline is not an evaluation result ({describe_validation_error(exc)})"
+        ) from None

@@ -1,0 +1,406 @@
+"""ShardStore: the shards of a sharded evaluation, beside the JobStore and in the same database.
+
+A sharded parent job stays `running` for the user while it is in one of three hands, said by its `worker`:
+the coordinating worker (clean pass, with a lease), `SHARDED` (no lease: its shards carry the leases), and
+the worker that finished the last shard (the merge, with a lease). Like the JobStore, every transition is
+one conditional UPDATE whose row count says whether it applied. Imports neither FastAPI nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from service.store.jobs import JobStore
+from service.store.records import utcnow
+from service.store.schema import DEFAULT_MAX_ATTEMPTS, evaluation_plans_table, job_shards_table, jobs_table
+
+log = logging.getLogger(__name__)
+
+# The `worker` of a parent job while its shards run: no worker holds it, so it has no lease to expire.
+SHARDED = "(shards)"
+ShardOutcome = Literal["succeeded", "failed", "cancelled"]
+
+
+@dataclass(frozen=True)
+class ShardSpan:
+    """What the coordinator plans for one shard: global batches [batch_start, batch_stop) and their work."""
+
+    batch_start: int
+    batch_stop: int
+    units: float
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    job_id: str
+    num_shards: int
+    shards_done: int
+    clean_units: float
+    total_units: float
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    job_id: str
+    shard_index: int
+    status: str
+    batch_start: int
+    batch_stop: int
+    units: float
+    fraction: float
+    attempts: int
+    max_attempts: int
+    worker: str | None
+    lease_until: datetime | None
+    error: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def key(self) -> str:
+        return shard_key(self.job_id, self.shard_index)
+
+
+def shard_key(job_id: str, index: int) -> str:
+    """The one-string id a shard task carries (job ids never hold a colon)."""
+    return f"{job_id}:{index}"
+
+
+def parse_shard_key(key: str) -> tuple[str, int]:
+    job_id, _, index = key.rpartition(":")
+    return job_id, int(index)
+
+
+def _shard(row: Any) -> ShardRecord:
+    fields = ShardRecord.__dataclass_fields__
+    return ShardRecord(**{k: v for k, v in row.items() if k in fields})
+
+
+class ShardStore:
+    """Plans and shards of sharded evaluations, over the JobStore's engine."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.engine = store.engine
+
+    # ---- the coordinator ----------------------------------------------------------------------
+
+    def create_plan(
+        self,
+        job_id: str,
+        *,
+        coordinator: str,
+        spans: list[ShardSpan],
+        clean_units: float,
+        total_units: float,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> bool:
+        """Record the shards and hand the parent job from `coordinator` to them; False if it was not ours."""
+        now = utcnow()
+        j = jobs_table.c
+        with self.engine.begin() as conn:
+            handed = conn.execute(
+                jobs_table.update()
+                .where(j.id == job_id, j.status == "running", j.worker == coordinator)
+                .where(j.cancel_requested.is_(False))
+                .values(worker=SHARDED, lease_until=None, updated_at=now)
+            ).rowcount
+            if handed != 1:
+                return False
+            conn.execute(
+                evaluation_plans_table.insert().values(
+                    job_id=job_id,
+                    num_shards=len(spans),
+                    shards_done=0,
+                    clean_units=clean_units,
+                    total_units=total_units,
+                    created_at=now,
+                )
+            )
+            conn.execute(
+                job_shards_table.insert(),
+                [
+                    {
+                        "job_id": job_id,
+                        "shard_index": i,
+                        "status": "queued",
+                        "batch_start": span.batch_start,
+                        "batch_stop": span.batch_stop,
+                        "units": span.units,
+                        "fraction": 0.0,
+                        "attempts": 0,
+                        "max_attempts": max_attempts,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for i, span in enumerate(spans)
+                ],
+            )
+        log.info("job %s: split into %d shards", job_id, len(spans))
+        return True
+
+    def hand_to_shards(self, job_id: str, *, worker: str) -> bool:
+        """Give a parent job that `worker` claimed (after a lost merge) back to its shards."""
+        j = jobs_table.c
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                jobs_table.update()
+                .where(j.id == job_id, j.status == "running", j.worker == worker)
+                .values(worker=SHARDED, lease_until=None, updated_at=utcnow())
+            ).rowcount
+        return rows == 1
+
+    def get_plan(self, job_id: str) -> PlanRecord | None:
+        query = sa.select(evaluation_plans_table).where(evaluation_plans_table.c.job_id == job_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else PlanRecord(**row)
+
+    def shards(self, job_id: str) -> list[ShardRecord]:
+        s = job_shards_table.c
+        query = sa.select(job_shards_table).where(s.job_id == job_id).order_by(s.shard_index)
+        with self.engine.connect() as conn:
+            return [_shard(row) for row in conn.execute(query).mappings()]
+
+    def get_shard(self, job_id: str, index: int) -> ShardRecord | None:
+        s = job_shards_table.c
+        query = sa.select(job_shards_table).where(s.job_id == job_id, s.shard_index == index)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _shard(row)
+
+    # ---- a shard's worker ----------------------------------------------------------------------
+
+    def _parent_live(self, job_id: str) -> sa.ColumnElement[bool]:
+        j = jobs_table.c
+        return sa.exists().where(
+            j.id == job_id, j.status == "running", j.worker == SHARDED, j.cancel_requested.is_(False)
+        )
+
+    def claim_shard(
+        self, job_id: str, index: int, *, worker: str, lease_seconds: float
+    ) -> ShardRecord | None:
+        """Take a queued shard, or one whose worker died; None when it must not run here."""
+        now = utcnow()
+        s = job_shards_table.c
+        claimable = sa.or_(s.status == "queued", sa.and_(s.status == "running", s.lease_until < now))
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                job_shards_table.update()
+                .where(s.job_id == job_id, s.shard_index == index, claimable, s.attempts < s.max_attempts)
+                .where(self._parent_live(job_id))
+                .values(
+                    status="running",
+                    worker=worker,
+                    lease_until=now + timedelta(seconds=lease_seconds),
+                    attempts=s.attempts + 1,
+                    updated_at=now,
+                )
+            ).rowcount
+        if rows != 1:
+            return None
+        shard = self.get_shard(job_id, index)
+        if shard is not None:
+            log.info(
+                "job %s shard %d running on %s (attempt %d of %d)",
+                job_id, index, worker, shard.attempts, shard.max_attempts,
+            )  # fmt: skip
+        return shard
+
+    def report_shard_progress(
+        self, job_id: str, index: int, *, worker: str, fraction: float, lease_seconds: float, stage: str
+    ) -> bool:
+        """Record a shard's progress, renew its lease and update the parent's aggregate progress.
+
+        False means stop: the parent was cancelled or ended, or the shard is no longer this worker's.
+        """
+        now = utcnow()
+        s, j, p = job_shards_table.c, jobs_table.c, evaluation_plans_table.c
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                job_shards_table.update()
+                .where(s.job_id == job_id, s.shard_index == index, s.status == "running", s.worker == worker)
+                .where(self._parent_live(job_id))
+                .values(
+                    fraction=min(max(fraction, 0.0), 1.0),
+                    lease_until=now + timedelta(seconds=lease_seconds),
+                    updated_at=now,
+                )
+            ).rowcount
+            if rows != 1:
+                return False
+            plan = conn.execute(sa.select(evaluation_plans_table).where(p.job_id == job_id)).mappings().one()
+            stats = conn.execute(
+                sa.select(
+                    sa.func.sum(s.units * s.fraction),
+                    sa.func.count().filter(s.status == "succeeded"),
+                    sa.func.count().filter(s.status == "running"),
+                ).where(s.job_id == job_id)
+            ).one()
+            done_units = plan["clean_units"] + float(stats[0] or 0.0)
+            overall = done_units / plan["total_units"] if plan["total_units"] > 0 else 1.0
+            elapsed = (now - plan["created_at"]).total_seconds()
+            shard_work = done_units - plan["clean_units"]
+            remaining = plan["total_units"] - done_units
+            eta = elapsed * remaining / shard_work if shard_work > 0 else None
+            progress = {
+                "fraction": min(max(overall, 0.0), 1.0),
+                "stage": f"{stage} ({stats[1]} of {plan['num_shards']} shards done, {stats[2]} running)",
+                "eta_seconds": eta,
+            }
+            conn.execute(
+                jobs_table.update()
+                .where(j.id == job_id, j.status == "running", j.worker == SHARDED)
+                .values(progress=progress, updated_at=now)
+            )
+        return True
+
+    def finish_shard(
+        self,
+        job_id: str,
+        index: int,
+        *,
+        worker: str,
+        status: ShardOutcome,
+        lease_seconds: float,
+        error: dict[str, Any] | None = None,
+    ) -> tuple[bool, bool]:
+        """End a shard this worker holds; returns (applied, merge).
+
+        `merge` is True for exactly one worker: the one whose success was the last of the plan. In the same
+        transaction that worker takes the parent job with a lease of its own, so a merge that dies is taken
+        over like a job (the lease expires, the reconciler sends the job again).
+        """
+        now = utcnow()
+        s, j, p = job_shards_table.c, jobs_table.c, evaluation_plans_table.c
+        values: dict[str, Any] = {
+            "status": status,
+            "error": error,
+            "lease_until": None,
+            "finished_at": now,
+            "updated_at": now,
+        }
+        if status == "succeeded":
+            values["fraction"] = 1.0
+        with self.engine.begin() as conn:
+            applied = conn.execute(
+                job_shards_table.update()
+                .where(s.job_id == job_id, s.shard_index == index, s.status == "running", s.worker == worker)
+                .values(**values)
+            ).rowcount
+            if applied != 1 or status != "succeeded":
+                return applied == 1, False
+            # The row lock of this UPDATE orders concurrent finishers: each sees the count after its own.
+            conn.execute(
+                evaluation_plans_table.update()
+                .where(p.job_id == job_id)
+                .values(shards_done=p.shards_done + 1)
+            )
+            plan = conn.execute(sa.select(p.shards_done, p.num_shards).where(p.job_id == job_id)).one()
+            if plan.shards_done < plan.num_shards:
+                return True, False
+            took = conn.execute(
+                jobs_table.update()
+                .where(j.id == job_id, j.status == "running", j.worker == SHARDED)
+                .values(worker=worker, lease_until=now + timedelta(seconds=lease_seconds), updated_at=now)
+            ).rowcount
+        return True, took == 1
+
+    def release_shard(self, job_id: str, index: int, *, worker: str) -> None:
+        """Give a running shard back (its worker is shutting down): queued again, attempts kept."""
+        s = job_shards_table.c
+        with self.engine.begin() as conn:
+            conn.execute(
+                job_shards_table.update()
+                .where(s.job_id == job_id, s.shard_index == index, s.status == "running", s.worker == worker)
+                .values(status="queued", worker=None, lease_until=None, updated_at=utcnow())
+            )
+
+    def end_parent(self, job_id: str, *, status: ShardOutcome, error: dict[str, Any] | None = None) -> bool:
+        """End a parent job held by its shards (a shard failed, or the user cancelled); False if not."""
+        now = utcnow()
+        j = jobs_table.c
+        values: dict[str, Any] = {
+            "status": status,
+            "error": error,
+            "finished_at": now,
+            "updated_at": now,
+            "lease_until": None,
+        }
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                jobs_table.update()
+                .where(j.id == job_id, j.status == "running", j.worker == SHARDED)
+                .values(**values)
+            ).rowcount
+        if rows == 1:
+            suffix = f": {error.get('detail')}" if error else ""
+            log.info("job %s %s (sharded)%s", job_id, status, suffix)
+        return rows == 1
+
+    def settle_shard(self, job_id: str, index: int) -> None:
+        """A shard that may not run: end its parent if it was cancelled or the shard is out of attempts."""
+        j, s = jobs_table.c, job_shards_table.c
+        with self.engine.connect() as conn:
+            parent = conn.execute(
+                sa.select(j.status, j.worker, j.cancel_requested).where(j.id == job_id)
+            ).first()
+            shard = (
+                conn.execute(sa.select(job_shards_table).where(s.job_id == job_id, s.shard_index == index))
+                .mappings()
+                .first()
+            )
+        if parent is None or shard is None or parent.status != "running" or parent.worker != SHARDED:
+            return
+        if parent.cancel_requested:
+            self.end_parent(job_id, status="cancelled")
+            return
+        now = utcnow()
+        claimable = shard["status"] == "queued" or (
+            shard["status"] == "running" and shard["lease_until"] is not None and shard["lease_until"] < now
+        )
+        if claimable and shard["attempts"] >= shard["max_attempts"]:
+            error = {
+                "type": "attempts_exhausted",
+                "detail": f"shard {index} of the evaluation was started {shard['attempts']} times and its "
+                "worker stopped each time (out of memory or killed); check the model and batch_size, "
+                "then submit it again",
+            }
+            with self.engine.begin() as conn:
+                conn.execute(
+                    job_shards_table.update()
+                    .where(s.job_id == job_id, s.shard_index == index)
+                    .values(status="failed", error=error, lease_until=None, finished_at=now, updated_at=now)
+                )
+            self.end_parent(job_id, status="failed", error=error)
+
+    # ---- the reconciler ------------------------------------------------------------------------
+
+    def lost_shards(self, *, queued_older_than_seconds: float) -> list[ShardRecord]:
+        """Shards of live sharded jobs whose worker died (lease expired) or whose message may be lost."""
+        now = utcnow()
+        cutoff = now - timedelta(seconds=queued_older_than_seconds)
+        s, j = job_shards_table.c, jobs_table.c
+        query = (
+            sa.select(job_shards_table)
+            .join(jobs_table, j.id == s.job_id)
+            .where(j.status == "running", j.worker == SHARDED)
+            .where(
+                sa.or_(
+                    sa.and_(s.status == "running", s.lease_until < now),
+                    sa.and_(s.status == "queued", s.updated_at < cutoff),
+                    # A cancelled parent: one delivery of any shard ends it (see settle_shard).
+                    sa.and_(s.status.in_(("queued", "running")), j.cancel_requested.is_(True)),
+                )
+            )
+            .order_by(s.seq)
+        )
+        with self.engine.connect() as conn:
+            return [_shard(row) for row in conn.execute(query).mappings()]

@@ -1,0 +1,80 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.domain.datasets import DatasetError, load_builtin, load_dataset, load_npz
+
+
+def test_builtin_splits_are_fixed_disjoint_and_complete() -> None:
+    full = load_builtin("builtin:mnist-5k")
+    train, test = load_builtin("builtin:mnist-5k:train"), load_builtin("builtin:mnist-5k:test")
+    assert (train.num_samples, test.num_samples) == (4000, 1000)
+    assert full.sample_shape == (28, 28, 1) and full.x.dtype == np.float32
+    assert 0.0 <= full.x.min() and full.x.max() <= 1.0
+    # disjoint and complete: the two splits together hold every sample exactly once
+    rows = {r.tobytes() for r in full.x.reshape(len(full.x), -1)}
+    split_rows = [r.tobytes() for r in np.concatenate([train.x, test.x]).reshape(5000, -1)]
+    assert len(split_rows) == 5000 and set(split_rows) <= rows
+    assert load_builtin("builtin:mnist-5k:test").sha256 == test.sha256  # deterministic
+    assert set(np.unique(test.y)) == set(range(10))
+
+
+def test_digits() -> None:
+    digits = load_dataset("builtin:digits:test")
+    assert digits.sample_shape == (8, 8, 1) and digits.num_classes == 10
+    assert load_dataset("builtin:digits").num_samples == 1797
+
+
+@pytest.mark.parametrize("ref", ["builtin:cifar", "builtin:mnist-5k:val", "builtin:digits:test:x"])
+def test_unknown_builtin(ref: str) -> None:
+    with pytest.raises(DatasetError):
+        load_builtin(ref)
+
+
+def _npz(tmp_path: Path, **arrays: np.ndarray) -> Path:
+    path = tmp_path / "d.npz"
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    return path
+
+
+def test_npz_one_hot_and_integer_labels(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).random((6, 4, 4, 1))
+    y = np.array([0, 1, 2, 0, 1, 2])
+    assert (load_npz(_npz(tmp_path, x=x, y=y)).y == y).all()
+    one_hot = np.eye(3)[y]
+    data = load_npz(_npz(tmp_path, x=x, y=one_hot))
+    assert (data.y == y).all() and data.x.dtype == np.float32 and data.num_classes == 3
+
+
+@pytest.mark.parametrize(
+    ("arrays", "says"),
+    [
+        ({"x": np.zeros((3, 2))}, "'x' and 'y'"),
+        ({"x": np.zeros((3, 2)), "y": np.array([0, 1])}, "2 labels but x has 3"),
+        ({"x": np.full((2, 2), np.nan), "y": np.array([0, 1])}, "NaN"),
+        ({"x": np.zeros((2, 2)), "y": np.array([0.5, 1.0])}, "integers"),
+        ({"x": np.zeros((2, 2)), "y": np.array([-1, 1])}, "non-negative"),
+        ({"x": np.zeros((2, 2)), "y": np.array([[1, 1], [0, 1]])}, "one-hot"),
+        ({"x": np.zeros(3), "y": np.array([0, 1, 2])}, "at least one feature axis"),
+    ],
+)
+def test_bad_npz(tmp_path: Path, arrays: dict[str, np.ndarray], says: str) -> None:
+    with pytest.raises(DatasetError, match=says):
+        load_npz(_npz(tmp_path, **arrays))
+
+
+def test_pickled_object_arrays_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.npz"
+    np.savez(path, x=np.array([object(), object()], dtype=object), y=np.array([0, 1]))
+    with pytest.raises(DatasetError, match="pickle"):
+        load_npz(path)
+
+
+def test_not_an_npz(tmp_path: Path) -> None:
+    path = tmp_path / "junk.npz"
+    path.write_bytes(b"not a zip at all")
+    with pytest.raises(DatasetError, match="not a readable .npz"):
+        load_npz(path)
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_npz(tmp_path / "missing.npz")

@@ -1,0 +1,141 @@
+"""What a worker process shares between its jobs, and the steps every job runner takes the same way.
+
+The runners (`workers/runners/`) claim a job, load its model and dataset through these helpers, and
+end it with `job_error` bodies; `build_context` makes the one context of a worker process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+from celery import current_app
+
+from service.domain.datasets import ArrayDataset, DatasetError, is_builtin, load_builtin, load_npz
+from service.domain.results import Progress
+from service.domain.tasks import QUEUE
+from service.errors import NotFound
+from service.settings import Settings, get_settings
+from service.store.artifacts import ArtifactStore
+from service.store.jobs import JobStore
+from service.store.records import ModelRecord
+from workers.models.cache import ModelCache
+from workers.models.errors import ModelLoadError
+from workers.models.loading import LoadedModel, load_model
+from workers.runtime.heartbeat import Heartbeat, lease_heartbeat
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = (
+    "the worker hit an internal error while running this job; the operator's worker log has details"
+)
+
+
+@dataclass
+class WorkerContext:
+    """What a worker process shares between its jobs."""
+
+    settings: Settings
+    store: JobStore
+    artifacts: ArtifactStore
+    models: ModelCache[LoadedModel]
+    worker: str
+    # Sends a follow-up task by name (job id as its one argument); Celery's send_task in a worker.
+    send: Callable[[str, str], None]
+
+
+def job_heartbeat(ctx: WorkerContext, job_id: str) -> Heartbeat:
+    """The heartbeat of a job this worker has claimed: writes its progress and renews the lease."""
+
+    def report(progress: Progress) -> bool:
+        return bool(
+            ctx.store.report_progress(
+                job_id, worker=ctx.worker, progress=progress, lease_seconds=ctx.settings.job_lease_s
+            )
+        )
+
+    return lease_heartbeat(report, ctx.settings)
+
+
+def job_error(kind: str, detail: str) -> dict[str, str]:
+    return {"type": kind, "detail": detail}
+
+
+def model_record(store: JobStore, model_id: str) -> ModelRecord:
+    try:
+        record = store.get_model(model_id)
+    except NotFound as exc:
+        raise ModelLoadError(f"model {model_id} no longer exists") from exc
+    if record.status == "rejected":
+        raise ModelLoadError(f"model {model_id} was rejected: {record.rejection}")
+    return record
+
+
+def load_job_model(ctx: WorkerContext, record: ModelRecord) -> LoadedModel:
+    def load() -> LoadedModel:
+        # SavedModel archives are extracted once per sha into data_dir/models/<sha>/.
+        work_dir = ctx.settings.data_dir / "models" / record.sha256
+        return load_model(
+            ctx.artifacts.blob_path(record.sha256),  # load_model tells the format from the content
+            # Before validation this is what the uploader asked for (maybe "auto"); after, what was found.
+            output=requested_output(record.output),
+            sha256=record.sha256,
+            work_dir=work_dir,
+        )
+
+    return ctx.models.get_or_load(cache_key(record.sha256, record.output), load)
+
+
+def cache_key(sha256: str, output: str) -> str:
+    # Two owners may upload the same bytes and tell different output kinds: they are different models.
+    return f"{sha256}:{output}"
+
+
+def requested_output(value: str) -> Literal["auto", "logits", "probabilities"]:
+    if value == "logits":
+        return "logits"
+    return "probabilities" if value == "probabilities" else "auto"
+
+
+def job_dataset(ctx: WorkerContext, dataset_id: str) -> ArrayDataset:
+    if is_builtin(dataset_id):
+        return builtin_dataset(dataset_id)
+    try:
+        record = ctx.store.get_dataset(dataset_id)
+    except NotFound as exc:
+        raise DatasetError(f"dataset {dataset_id} no longer exists") from exc
+    return load_npz(ctx.artifacts.blob_path(record.sha256))
+
+
+@lru_cache(maxsize=8)
+def builtin_dataset(ref: str) -> ArrayDataset:
+    return load_builtin(ref)
+
+
+def send_task(name: str, job_id: str) -> None:
+    """Send a follow-up task by name through the worker's Celery app (the current one in a worker)."""
+    current_app.send_task(name, args=[job_id], queue=QUEUE)
+
+
+@lru_cache(maxsize=1)
+def build_context() -> WorkerContext:
+    """The worker process's store, artifact store and model cache, built on first use."""
+    settings = get_settings()
+    # Absolute, because each job runs with its cwd in its own directory (workers/runtime/sandbox.py).
+    settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+    store = JobStore(settings.resolved_database_url)
+    store.create_schema()
+    return WorkerContext(
+        settings=settings,
+        store=store,
+        artifacts=ArtifactStore(settings.data_dir),
+        models=ModelCache(settings.worker_model_cache_size),
+        # Unique per process: two workers on one host must not share leases.
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+        send=send_task,
+    )

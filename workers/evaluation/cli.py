@@ -1,0 +1,132 @@
+"""`parry evaluate`: run attacks on a model locally, without a server.
+
+The `parry` command (service/cli/main.py) finds this command through the `parry.commands` entry point
+that the worker install declares: the engine stays in `workers`, and `service` never imports it. Its
+inputs are checked before TensorFlow is imported, and TensorFlow is imported only to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import ValidationError
+from rich.console import Console
+
+from service.cli.common import EXIT_OK, CommandError, Commands, parse_input_range
+from service.cli.tables import result_table
+from service.domain.attack_syntax import describe_validation_error, parse_attack
+from service.domain.datasets import is_builtin
+from service.domain.results import Progress
+from service.domain.specs import EvaluationOptions
+
+
+def add_evaluate_command(commands: Commands) -> None:
+    """The `parry.commands` entry point: adds `evaluate` to the `parry` parser."""
+    cmd = commands.add_parser(
+        "evaluate",
+        help="run attacks on a model locally (no server)",
+        description="Run attacks on a model locally and print robust accuracy per attack and eps.",
+    )
+    cmd.add_argument(
+        "--model", required=True, type=Path, help="SavedModel directory or archive, .keras or .h5 file"
+    )
+    cmd.add_argument(
+        "--dataset", required=True, help=".npz file with x and y, or builtin:mnist-5k[:test] / builtin:digits"
+    )
+    cmd.add_argument(
+        "--attack",
+        action="append",
+        required=True,
+        metavar="SPEC",
+        help="e.g. 'pgd:eps=0.3,steps=40' or 'fgsm:eps=0.1,0.2,0.3'; repeat for several attacks",
+    )
+    cmd.add_argument(
+        "--input-range", default="0,1", metavar="LO,HI", help="the model's input range (default 0,1)"
+    )
+    cmd.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N samples")
+    cmd.add_argument("--batch-size", type=int, default=256)
+    cmd.add_argument("--seed", type=int, default=0)
+    cmd.add_argument(
+        "--output",
+        choices=("auto", "logits", "probabilities"),
+        default="auto",
+        help="what the model outputs (default: detected)",
+    )
+    cmd.add_argument(
+        "--json", type=Path, default=None, metavar="FILE", help="write the result object (API.md) here"
+    )
+    cmd.add_argument(
+        "--per-sample",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write per-sample outcomes (which samples fell to which attack) as .npz",
+    )
+    cmd.add_argument("--quiet", action="store_true", help="no progress output")
+    cmd.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    attacks = [parse_attack(text) for text in args.attack]
+    try:
+        options = EvaluationOptions(
+            attacks=attacks,
+            input_range=parse_input_range(args.input_range),
+            max_samples=args.max_samples,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
+    except ValidationError as exc:
+        raise CommandError(describe_validation_error(exc)) from None
+    if not args.model.exists():
+        raise CommandError(f"model {args.model} does not exist")
+    if not is_builtin(args.dataset) and not Path(args.dataset).is_file():
+        raise CommandError(f"dataset {args.dataset} does not exist (give an .npz file or a builtin: id)")
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter is not for users
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    from workers.evaluation.local import LocalEvaluationError, run_local_evaluation
+
+    err = Console(stderr=True)
+    report = _progress_printer(err, quiet=args.quiet)
+    try:
+        outcome = run_local_evaluation(args.model, args.dataset, options, output=args.output, progress=report)
+    except LocalEvaluationError as exc:
+        raise CommandError(str(exc)) from exc
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=140)  # logs and pipes: rich would assume 80 columns and wrap the table's cells
+    out.print(result_table(outcome.result))
+    for warning in outcome.result.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    if args.json:
+        args.json.write_text(json.dumps(outcome.result.model_dump(mode="json"), indent=2) + "\n")
+    if args.per_sample:
+        outcome.save_per_sample(args.per_sample)
+    return EXIT_OK
+
+
+def _progress_printer(console: Console, *, quiet: bool) -> Callable[[Progress], None]:
+    """Progress on stderr: a live line on a terminal, a plain line every few seconds otherwise."""
+    last = 0.0
+
+    def report(progress: Progress) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if quiet or (now - last < (0.5 if console.is_terminal else 5.0) and progress.fraction < 1):
+            return
+        last = now
+        eta = f", ETA {progress.eta_seconds:.0f} s" if progress.eta_seconds is not None else ""
+        line = f"[{100 * progress.fraction:5.1f}%] {progress.stage}{eta}"
+        if console.is_terminal:
+            console.print(line, end="\r", highlight=False)
+        else:
+            console.print(line, highlight=False)
+
+    return report

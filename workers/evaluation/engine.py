@@ -1,0 +1,410 @@
+"""Robust accuracy of a model on a dataset under every attack at every eps, with sanity checks.
+
+The clean pass comes first; attacks then run only on the samples classified correctly when clean, since
+a misclassified sample counts as a failure whatever the attack does (AutoAttack drops them the same way).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from service.domain.datasets import ArrayDataset
+from service.domain.results import EvaluationResult, Progress
+from service.domain.specs import EvaluationOptions, FGSMSpec, PGDSpec
+from workers.attacks import Attack, attack_from_spec
+from workers.attacks.losses import cross_entropy
+from workers.evaluation import sanity
+from workers.evaluation.examples import ExampleKeeper
+from workers.evaluation.robustness import AttackRun, attack_result, cost, per_class, worst_case
+from workers.models.loading import LoadedModel
+
+# Seed path of the one-sample warm-up run, apart from every batch index.
+_WARM_UP = 2**32 - 1
+# Data a hair outside the range (float rounding of a rescale) is clipped rather than refused.
+_RANGE_TOLERANCE = 1e-6
+
+
+class EvaluationError(ValueError):
+    """The model, the data and the options do not fit together; the message is one sentence."""
+
+
+class EvaluationCancelled(Exception):
+    """`should_stop()` returned True between two batches."""
+
+
+@dataclass
+class EvaluationOutcome:
+    """The report plus the per-sample arrays behind it (labels, predictions, who was fooled, distances)."""
+
+    result: EvaluationResult
+    per_sample: dict[str, np.ndarray]
+    # The arrays of `adversarial_examples.npz` (workers/evaluation/examples.py), when asked for with
+    # keep_examples.
+    examples: dict[str, np.ndarray] | None = None
+
+    def save_per_sample(self, path: str | Path) -> None:
+        np.savez_compressed(path, **self.per_sample)  # type: ignore[arg-type]
+
+
+class _Tracker:
+    """Progress over the expected gradient work, and the cancellation check between batches."""
+
+    def __init__(
+        self, progress: Callable[[Progress], None] | None, should_stop: Callable[[], bool] | None
+    ) -> None:
+        self.progress, self.should_stop = progress, should_stop
+        self.total, self.done, self.start = 1.0, 0.0, time.perf_counter()
+
+    def check(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise EvaluationCancelled("the evaluation was cancelled")
+
+    def advance(self, units: float, stage: str) -> None:
+        self.done = min(self.done + units, self.total)
+        if self.progress is None:
+            return
+        elapsed = time.perf_counter() - self.start
+        fraction = self.done / self.total if self.total > 0 else 1.0
+        eta = elapsed * (self.total - self.done) / self.done if self.done > 0 else None
+        self.progress(Progress(fraction=min(max(fraction, 0.0), 1.0), stage=stage, eta_seconds=eta))
+
+
+def evaluate(
+    model: LoadedModel,
+    dataset: ArrayDataset,
+    options: EvaluationOptions,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    keep_examples: int = 0,
+) -> EvaluationOutcome:
+    """Evaluate `model` on `dataset` under every attack of `options` at each of its eps values.
+
+    With `keep_examples` > 0, that many samples per class (at most 20 in all) keep their adversarial
+    inputs, returned as `outcome.examples` for the report page's example grid.
+
+    Timing: when an attack's graph is not yet compiled for this model, it is traced and run once on a
+    single sample before the clock starts; that warm-up is left out of the attack's `seconds`,
+    `samples_per_second` and `cost`, but counted in the result's total `seconds`. `samples_per_second`
+    is all evaluated samples over the attack's seconds (the clean-misclassified ones are free).
+
+    Cost: the passes the engine really made. The clean pass is one forward and one backward (the gradient
+    check) per sample. An attacked sample costs its gradient steps (FGSM 1; PGD at most steps per
+    restart, fewer when it is fooled early or before a restart) plus one scoring forward per run. An eps
+    of 0 costs nothing: the clean predictions are the answer.
+
+    Per-sample arrays: labels, clean_pred, clean_correct; for the i-th (attack, eps) result adv_pred_i,
+    fooled_i, linf_i, l2_i (and target_i when targeted); worst_robust_<norm>_<eps> per worst case.
+
+    Raises:
+        EvaluationError: the data does not fit the model or the input range.
+        EvaluationCancelled: `should_stop()` returned True.
+    """
+    started = time.perf_counter()
+    tracker = _Tracker(progress, should_stop)
+    x, y, warnings = _prepare(model, dataset, options)
+    n = x.shape[0]
+    attacks = [(spec, attack_from_spec(spec)) for spec in options.attacks]
+    tracker.total = n + sum(n * a.gradient_steps * a.restarts * len(s.eps_values()) for s, a in attacks)
+
+    clean_pred, zero_grad, bad_grad = _clean_pass(model, x, y, options.batch_size, tracker)
+    clean_correct = clean_pred == y
+    keeper = (
+        ExampleKeeper.for_samples(y, clean_pred, keep_examples, x.shape[1:]) if keep_examples > 0 else None
+    )
+    tracker.total = n + sum(
+        int(clean_correct.sum()) * a.gradient_steps * a.restarts * len(s.eps_values()) for s, a in attacks
+    )
+    runs = attack_runs(model, x, y, clean_pred, options, tracker, keeper=keeper)
+    outcome = summarize(
+        runs, y, clean_pred, zero_grad, bad_grad, options, warnings=warnings, num_classes=model.num_classes,
+        model_sha256=model.sha256, dataset_sha256=dataset.sha256, seconds=time.perf_counter() - started,
+    )  # fmt: skip
+    if keeper is not None:
+        accuracies = [a.robust_accuracy for a in outcome.result.attacks]
+        outcome.examples = keeper.arrays(x, y, clean_pred, runs, accuracies, input_range=options.input_range)
+    tracker.done = tracker.total
+    tracker.advance(0.0, "done")
+    return outcome
+
+
+def attack_runs(
+    model: LoadedModel,
+    x: np.ndarray,
+    y: np.ndarray,
+    clean_pred: np.ndarray,
+    options: EvaluationOptions,
+    tracker: _Tracker,
+    *,
+    batches: range | None = None,
+    keeper: ExampleKeeper | None = None,
+) -> list[AttackRun]:
+    """Every attack at every eps, in the report's order; with `batches`, only those global batch indices.
+
+    A shard (workers/runners/sharded.py) passes its batch range: the seeds come from the global batch
+    index, so the shards of an evaluation together compute exactly what one worker computes.
+    """
+    clean_correct = clean_pred == y
+    runs: list[AttackRun] = []
+    for index, spec in enumerate(options.attacks):
+        attack = attack_from_spec(spec)
+        goal = attack.goals(y, model.num_classes, (options.seed, index))
+        for eps_index, eps in enumerate(spec.eps_values()):
+            runs.append(
+                _run_attack(
+                    model, attack, spec, x, y, goal, clean_correct, clean_pred, options,
+                    index=index, eps=eps, seed=(options.seed, index, eps_index), tracker=tracker,
+                    batches=batches,
+                    keeper=keeper,
+                )
+            )  # fmt: skip
+    return runs
+
+
+def summarize(
+    runs: list[AttackRun],
+    y: np.ndarray,
+    clean_pred: np.ndarray,
+    zero_grad: np.ndarray,
+    bad_grad: np.ndarray,
+    options: EvaluationOptions,
+    *,
+    warnings: list[str],
+    num_classes: int,
+    model_sha256: str,
+    dataset_sha256: str,
+    seconds: float,
+) -> EvaluationOutcome:
+    """The report and the per-sample arrays from the clean pass and the attack runs (see `evaluate`)."""
+    n = y.shape[0]
+    lo, hi = options.input_range
+    clean_correct = clean_pred == y
+    warnings = [*warnings, *sanity.gradient_health(zero_grad, bad_grad)]
+    for run in runs:
+        warnings += sanity.eps_beyond_range(run.spec.name, run.spec.norm, run.eps, hi - lo)
+    results = [attack_result(run, y, clean_correct, num_classes) for run in runs]
+    worst, worst_arrays = worst_case(runs, y, clean_correct, num_classes)
+    groups = [
+        [r for run, r in zip(runs, results, strict=True) if run.index == i]
+        for i in range(len(options.attacks))
+    ]
+    warnings += sanity.eps_monotonicity(groups, n)
+    warnings += sanity.single_step_beats_iterative(results, n)
+    warnings += sanity.large_eps_not_reached(worst, hi - lo)
+
+    forward = n + sum(run.forward for run in runs)  # the clean pass: one forward and one backward each
+    backward = n + sum(run.backward for run in runs)
+    result = EvaluationResult(
+        num_samples=n,
+        clean_accuracy=float(clean_correct.mean()),
+        per_class_clean_accuracy=per_class(clean_correct, y, num_classes),
+        attacks=results,
+        worst_case=worst,
+        warnings=warnings,
+        cost=cost(forward, backward, n),
+        model_sha256=model_sha256,
+        dataset_sha256=dataset_sha256,
+        seed=options.seed,
+        input_range=(lo, hi),
+        seconds=seconds,
+        versions=_versions(),
+    )
+    per_sample: dict[str, np.ndarray] = {
+        "labels": y,
+        "clean_pred": clean_pred,
+        "clean_correct": clean_correct,
+    }
+    for i, run in enumerate(runs):
+        per_sample[f"adv_pred_{i}"] = run.adv_pred
+        per_sample[f"fooled_{i}"] = run.fooled
+        per_sample[f"linf_{i}"] = run.linf
+        per_sample[f"l2_{i}"] = run.l2
+        if run.spec.targeted:
+            per_sample[f"target_{i}"] = run.goal
+    per_sample.update(worst_arrays)
+    return EvaluationOutcome(result, per_sample)
+
+
+def _prepare(
+    model: LoadedModel, dataset: ArrayDataset, options: EvaluationOptions
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The samples to evaluate, shaped for the model and checked against it; raises EvaluationError."""
+    data = dataset.take(options.max_samples)
+    if data.num_samples == 0:
+        raise EvaluationError("the dataset has no samples to evaluate")
+    x = np.asarray(data.x, dtype=np.float32)
+    y = np.asarray(data.y, dtype=np.int64)
+    x = _fit_shape(x, model.input_shape)
+    if y.min() < 0 or y.max() >= model.num_classes:
+        raise EvaluationError(
+            f"the labels range over [{y.min()}, {y.max()}] but the model has {model.num_classes} outputs "
+            f"(classes 0 to {model.num_classes - 1})"
+        )
+    for spec in options.attacks:
+        if spec.target is not None and spec.target >= model.num_classes:
+            raise EvaluationError(
+                f"target class {spec.target} of {spec.name} does not exist: the model has "
+                f"{model.num_classes} classes"
+            )
+    lo, hi = options.input_range
+    tolerance = _RANGE_TOLERANCE * (hi - lo)
+    x_min, x_max = float(x.min()), float(x.max())
+    if not (np.isfinite(x_min) and np.isfinite(x_max)):
+        raise EvaluationError("x holds NaN or infinite values; every sample must be finite")
+    if x_min < lo - tolerance or x_max > hi + tolerance:
+        raise EvaluationError(
+            f"x has values in [{x_min:g}, {x_max:g}] outside input_range [{lo:g}, {hi:g}]; "
+            "set input_range to the model's input range"
+        )
+    return np.clip(x, lo, hi), y, []
+
+
+def _fit_shape(x: np.ndarray, model_shape: tuple[int, ...]) -> np.ndarray:
+    """`x` in the model's input shape: as is, reshaped when the element counts agree, or an error."""
+    sample_shape = x.shape[1:]
+    known = all(d is not None and d > 0 for d in model_shape)
+    if len(sample_shape) == len(model_shape) and all(
+        d is None or d <= 0 or d == s for d, s in zip(model_shape, sample_shape, strict=True)
+    ):
+        return x
+    if known and int(np.prod(model_shape)) == int(np.prod(sample_shape)):
+        return x.reshape((x.shape[0], *model_shape))
+    raise EvaluationError(
+        f"the model takes inputs of shape {tuple(model_shape)} "
+        f"but the samples have shape {tuple(sample_shape)}"
+    )
+
+
+def _clean_function(model: LoadedModel) -> Callable[..., Any]:
+    """Predictions plus per-sample flags for a zero or non-finite cross-entropy input gradient."""
+    key = ("clean",)
+    if key in model.cache:
+        return model.cache[key]  # type: ignore[no-any-return]
+    signature = [tf.TensorSpec((None, *model.input_shape), tf.float32), tf.TensorSpec((None,), tf.int64)]
+
+    def graph(x: tf.Tensor, y: tf.Tensor) -> Any:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            z = tf.cast(model.logits(x), tf.float32)
+            loss = tf.reduce_sum(cross_entropy(z, y))
+        grad = tape.gradient(loss, x)
+        if grad is None:
+            grad = tf.zeros_like(x)
+        flat = tf.reshape(grad, [tf.shape(x)[0], -1])
+        zero = tf.reduce_all(tf.equal(flat, 0.0), axis=1)
+        nonfinite = tf.logical_not(tf.reduce_all(tf.math.is_finite(flat), axis=1))
+        return tf.argmax(z, axis=-1, output_type=tf.int64), zero, nonfinite
+
+    run: Callable[..., Any] = tf.function(graph, input_signature=signature, autograph=False)
+    model.cache[key] = run
+    return run
+
+
+def _clean_pass(
+    model: LoadedModel, x: np.ndarray, y: np.ndarray, batch_size: int, tracker: _Tracker
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    run = _clean_function(model)
+    preds, zeros, bads = [], [], []
+    for start in range(0, x.shape[0], batch_size):
+        tracker.check()
+        pred, zero, bad = run(x[start : start + batch_size], y[start : start + batch_size])
+        preds.append(pred.numpy())
+        zeros.append(zero.numpy())
+        bads.append(bad.numpy())
+        tracker.advance(min(batch_size, x.shape[0] - start), "clean")
+    return np.concatenate(preds), np.concatenate(zeros), np.concatenate(bads)
+
+
+def _run_attack(
+    model: LoadedModel,
+    attack: Attack,
+    spec: FGSMSpec | PGDSpec,
+    x: np.ndarray,
+    y: np.ndarray,
+    goal: np.ndarray,
+    clean_correct: np.ndarray,
+    clean_pred: np.ndarray,
+    options: EvaluationOptions,
+    *,
+    index: int,
+    eps: float,
+    seed: tuple[int, ...],
+    tracker: _Tracker,
+    batches: range | None = None,
+    keeper: ExampleKeeper | None = None,
+) -> AttackRun:
+    """One attack at one eps over the clean-correct samples, batch by batch (only `batches` when given)."""
+    if keeper is not None:
+        keeper.start(x)  # samples never attacked keep their clean input
+    n = x.shape[0]
+    stage = f"{spec.name} eps={eps:g}"
+    # A targeted attack whose target is the label itself has nothing to do.
+    attacked = clean_correct & (goal != y) if spec.targeted else clean_correct.copy()
+    adv_pred, fooled = clean_pred.copy(), np.zeros(n, bool)
+    linf, l2 = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    forward = backward = 0
+    indices = np.flatnonzero(attacked)
+    units = attack.gradient_steps * attack.restarts
+    whole = batches is None  # a shard's tracker counts only the work of its own batches
+    if eps == 0:  # nothing can move: the clean predictions, exactly, at no cost
+        tracker.advance(units * int(clean_correct.sum()) if whole else 0.0, stage)
+        return AttackRun(spec, index, eps, adv_pred, fooled, linf, l2, attacked, goal, 0, 0, 0.0)
+    bounds = options.input_range
+    if indices.size and not attack.is_compiled(model, bounds):
+        first = indices[:1]
+        attack(
+            model,
+            x[first],
+            y[first],
+            eps=eps,
+            seed=(*seed, _WARM_UP),
+            input_range=bounds,
+            targets=goal[first],
+        )
+    started = time.perf_counter()
+    for batch, start in enumerate(range(0, indices.size, options.batch_size)):
+        if batches is not None and batch not in batches:
+            continue
+        tracker.check()
+        chosen = indices[start : start + options.batch_size]
+        out = attack(
+            model,
+            x[chosen],
+            y[chosen],
+            eps=eps,
+            seed=(*seed, batch),
+            input_range=bounds,
+            targets=goal[chosen],
+        )
+        adv_pred[chosen] = out.pred
+        fooled[chosen] = out.success
+        delta = (out.x_adv - x[chosen]).reshape(chosen.size, -1)
+        linf[chosen] = np.abs(delta).max(axis=1)
+        l2[chosen] = np.sqrt(np.square(delta, dtype=np.float64).sum(axis=1))
+        forward += out.forward_passes
+        backward += out.backward_passes
+        if keeper is not None:
+            keeper.record(chosen, out.x_adv)
+        tracker.advance(units * chosen.size, stage)
+    # Samples left out (clean-wrong, or targeted at their own label) still count in the expected work.
+    tracker.advance(units * int(clean_correct.sum() - indices.size) if whole else 0.0, stage)
+    seconds = time.perf_counter() - started
+    return AttackRun(spec, index, eps, adv_pred, fooled, linf, l2, attacked, goal, forward, backward, seconds)
+
+
+def _versions() -> dict[str, str]:
+    import keras
+
+    try:
+        parry = metadata.version("parry")
+    except metadata.PackageNotFoundError:
+        parry = "unknown"
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__, "parry": parry}

@@ -1,0 +1,102 @@
+"""From per-sample attack outcomes to the report's figures: robust accuracy, worst case, per class, cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.domain.results import AttackCost, AttackResult, Perturbation, WorstCaseResult
+from service.domain.specs import FGSMSpec, PGDSpec
+from service.domain.stats import wilson_interval
+
+
+@dataclass
+class AttackRun:
+    """One attack at one eps over the whole evaluation: per-sample arrays plus the work it took."""
+
+    spec: FGSMSpec | PGDSpec
+    index: int
+    eps: float
+    adv_pred: np.ndarray
+    fooled: np.ndarray
+    linf: np.ndarray
+    l2: np.ndarray
+    attacked: np.ndarray
+    goal: np.ndarray
+    forward: int
+    backward: int
+    seconds: float
+
+
+def _robust(run: AttackRun, clean_correct: np.ndarray) -> np.ndarray:
+    robust: np.ndarray = clean_correct & ~run.fooled
+    return robust
+
+
+def attack_result(run: AttackRun, y: np.ndarray, clean_correct: np.ndarray, num_classes: int) -> AttackResult:
+    n = y.size
+    robust = _robust(run, clean_correct)
+    attacked = run.attacked
+    spec = run.spec.model_dump(mode="json")
+    spec["eps"] = run.eps
+    if isinstance(run.spec, PGDSpec):
+        spec["step_size"] = run.spec.step_size_for(run.eps)
+    correct = int(clean_correct.sum())
+    return AttackResult(
+        name=run.spec.name,
+        norm=run.spec.norm,
+        eps=run.eps,
+        spec=spec,
+        robust_accuracy=float(robust.mean()),
+        robust_accuracy_ci95=wilson_interval(int(robust.sum()), n),
+        attack_success_rate=float(run.fooled[clean_correct].sum() / correct) if correct else 0.0,
+        num_attacked=int(attacked.sum()),
+        mean_perturbation=Perturbation(
+            linf=float(run.linf[attacked].mean()) if attacked.any() else 0.0,
+            l2=float(run.l2[attacked].mean()) if attacked.any() else 0.0,
+        ),
+        per_class_robust_accuracy=per_class(robust, y, num_classes),
+        seconds=run.seconds,
+        samples_per_second=n / run.seconds if run.seconds > 0 else 0.0,
+        cost=cost(run.forward, run.backward, n),
+    )
+
+
+def worst_case(
+    runs: list[AttackRun], y: np.ndarray, clean_correct: np.ndarray, num_classes: int
+) -> tuple[list[WorstCaseResult], dict[str, np.ndarray]]:
+    """Per (norm, eps): a sample is robust only if every attack at that norm and eps failed on it."""
+    keys = sorted({(run.spec.norm, run.eps) for run in runs})
+    worst, arrays = [], {}
+    for norm, eps in keys:
+        group = [run for run in runs if (run.spec.norm, run.eps) == (norm, eps)]
+        robust = clean_correct.copy()
+        for run in group:
+            robust &= ~run.fooled
+        arrays[f"worst_robust_{norm}_{eps:g}"] = robust
+        worst.append(
+            WorstCaseResult(
+                norm=norm,
+                eps=eps,
+                attacks=[run.spec.name for run in group],
+                robust_accuracy=float(robust.mean()),
+                robust_accuracy_ci95=wilson_interval(int(robust.sum()), int(robust.size)),
+                per_class_robust_accuracy=per_class(robust, y, num_classes),
+            )
+        )
+    return worst, arrays
+
+
+def per_class(hits: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Mean of `hits` per class, for the classes present in `y`."""
+    return {str(c): float(hits[y == c].mean()) for c in range(num_classes) if np.any(y == c)}
+
+
+def cost(forward: int, backward: int, n: int) -> AttackCost:
+    return AttackCost(
+        forward_passes=forward,
+        backward_passes=backward,
+        forward_per_sample=forward / n if n else 0.0,
+        backward_per_sample=backward / n if n else 0.0,
+    )

@@ -1,0 +1,389 @@
+"""Sharded evaluation: one large evaluation split into shards that several workers run at once.
+
+Why this shape: no task waits on another (no Celery chord, no result backend). The worker that claims the
+job runs the clean pass, writes it to the shared data directory, records the shards in the store
+(service/store/shards.py) and sends one task per shard. Each shard attacks a range of the GLOBAL batch indices
+of every (attack, eps) run, so its seeds are the ones a single worker would use, and writes its arrays to
+the data directory. The worker whose shard is the last to succeed merges the arrays and reduces them with
+the same code as `evaluate`, so the report equals the single-worker report except for timing.
+
+Progress is the parent job's (clean pass plus every shard's share); a cancel of the parent stops every
+shard at its next heartbeat; a shard whose worker dies is sent again by the reconciler when its lease
+expires, like a job.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.domain.datasets import ArrayDataset, DatasetError, is_builtin
+from service.domain.results import Progress
+from service.domain.specs import EvaluationOptions, EvaluationSpec
+from service.domain.tasks import DELIVER_CALLBACK, RUN_EVALUATION, RUN_EVALUATION_SHARD
+from service.errors import NotFound
+from service.settings import Settings
+from service.store.records import utcnow
+from service.store.shards import SHARDED, ShardOutcome, ShardSpan, ShardStore, parse_shard_key, shard_key
+from workers.attacks import attack_from_spec
+from workers.context import (
+    INTERNAL_ERROR,
+    WorkerContext,
+    builtin_dataset,
+    job_dataset,
+    job_error,
+    job_heartbeat,
+    load_job_model,
+    model_record,
+)
+from workers.evaluation import engine as evaluation
+from workers.evaluation.engine import EvaluationCancelled, EvaluationError
+from workers.evaluation.robustness import AttackRun
+from workers.models.errors import ModelLoadError
+from workers.models.loading import LoadedModel
+from workers.runners.evaluation import run_evaluation as run_unsharded
+from workers.runners.evaluation import write_evaluation_artifacts
+from workers.runtime.heartbeat import lease_heartbeat
+
+log = logging.getLogger(__name__)
+
+
+def shard_dir(settings: Settings, job_id: str) -> Path:
+    """Where a sharded job's intermediate arrays live; every worker of the job must see the same directory."""
+    return settings.data_dir / "shards" / job_id
+
+
+def plan_spans(correct: int, batch_size: int, shard_size: int, units_per_sample: float) -> list[ShardSpan]:
+    """Whole batches of the clean-correct samples per shard, about `shard_size` samples each, one at least."""
+    num_batches = math.ceil(correct / batch_size)
+    per_shard = max(1, round(shard_size / batch_size))
+    spans = []
+    for start in range(0, max(num_batches, 1), per_shard):
+        stop = min(start + per_shard, num_batches)
+        samples = max(0, min(stop * batch_size, correct) - start * batch_size)
+        spans.append(ShardSpan(start, stop, samples * units_per_sample))
+    return spans
+
+
+def run_evaluation(ctx: WorkerContext, job_id: str) -> str | None:
+    """The RUN_EVALUATION task: resume a sharded job, split a large one, or run it whole (`jobs`)."""
+    shards = ShardStore(ctx.store)
+    if shards.get_plan(job_id) is not None:
+        return _resume(ctx, shards, job_id)
+    if _wants_shards(ctx, job_id):
+        return _coordinate(ctx, shards, job_id)
+    return run_unsharded(ctx, job_id)
+
+
+def _wants_shards(ctx: WorkerContext, job_id: str) -> bool:
+    try:
+        job = ctx.store.get_job(job_id)
+        spec = EvaluationSpec.model_validate(job.spec)
+        if is_builtin(spec.dataset_id):
+            available = builtin_dataset(spec.dataset_id).num_samples
+        else:
+            available = ctx.store.get_dataset(spec.dataset_id).num_samples
+    except Exception:  # whatever is wrong, the whole-job path reports it with a sentence
+        return False
+    samples = min(available, spec.max_samples) if spec.max_samples else available
+    return samples >= ctx.settings.shard_min_samples
+
+
+def _inputs(
+    ctx: WorkerContext, raw_spec: dict[str, Any]
+) -> tuple[EvaluationSpec, LoadedModel, ArrayDataset, EvaluationOptions]:
+    spec = EvaluationSpec.model_validate(raw_spec)
+    model = load_job_model(ctx, model_record(ctx.store, spec.model_id))
+    dataset = job_dataset(ctx, spec.dataset_id)
+    options = EvaluationOptions.model_validate(spec.model_dump(include=set(EvaluationOptions.model_fields)))
+    return spec, model, dataset, options
+
+
+def _units_per_sample(options: EvaluationOptions) -> float:
+    total = 0.0
+    for spec in options.attacks:
+        attack = attack_from_spec(spec)
+        total += attack.gradient_steps * attack.restarts * len(spec.eps_values())
+    return total
+
+
+def _save_npz(path: Path, arrays: dict[str, Any]) -> None:
+    # Written whole then renamed: a reader never sees half a file, a rerun overwrites.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})  # type: ignore[arg-type]
+    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staged.write_bytes(buffer.getvalue())
+    os.replace(staged, path)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+# ---- the coordinator: clean pass, plan, one task per shard -------------------------------------------
+
+
+def _coordinate(ctx: WorkerContext, shards: ShardStore, job_id: str) -> str | None:
+    settings, store = ctx.settings, ctx.store
+    job = store.claim(job_id, worker=ctx.worker, lease_seconds=settings.job_lease_s)
+    if job is None:
+        return None
+    log.info("job %s: claimed by %s to be split into shards", job_id, ctx.worker)
+
+    heartbeat = job_heartbeat(ctx, job_id)
+    status, error = "failed", None
+    try:
+        with heartbeat:
+            _spec, model, dataset, options = _inputs(ctx, job.spec)
+            x, y, warnings = evaluation._prepare(model, dataset, options)
+            units = _units_per_sample(options)
+            tracker = evaluation._Tracker(heartbeat.update, heartbeat.should_stop)
+            tracker.total = y.shape[0] * (1 + units)
+            clean_pred, zero_grad, bad_grad = evaluation._clean_pass(model, x, y, options.batch_size, tracker)
+        directory = shard_dir(settings, job_id)
+        _save_npz(
+            directory / "clean.npz",
+            {"labels": y, "clean_pred": clean_pred, "zero_grad": zero_grad, "bad_grad": bad_grad},
+        )
+        meta = {
+            "num_classes": model.num_classes,
+            "model_sha256": model.sha256,
+            "dataset_sha256": dataset.sha256,
+            "warnings": warnings,
+        }
+        (directory / "clean.json").write_text(json.dumps(meta))
+        correct = int((clean_pred == y).sum())
+        spans = plan_spans(correct, options.batch_size, settings.shard_size, units)
+        clean_units = float(y.shape[0])
+        total_units = clean_units + correct * units
+        if shards.create_plan(
+            job_id, coordinator=ctx.worker, spans=spans, clean_units=clean_units, total_units=total_units
+        ):
+            for index in range(len(spans)):
+                ctx.send(RUN_EVALUATION_SHARD, shard_key(job_id, index))
+            log.info("job %s: %d samples in %d shards sent", job_id, y.shape[0], len(spans))
+            return "running"
+        if not store.get_job(job_id).cancel_requested:
+            log.warning("job %s: lease lost before the shards were planned", job_id)
+            return None
+        status = "cancelled"
+    except EvaluationCancelled:
+        stopped = heartbeat.stopped()
+        if stopped is None:
+            store.release(job_id, worker=ctx.worker)
+            ctx.send(RUN_EVALUATION, job_id)
+            return None
+        status, error = stopped
+    except (ModelLoadError, DatasetError, EvaluationError) as exc:
+        log.info("job %s: failed: %s: %s", job_id, type(exc).__name__, exc)
+        error = job_error(type(exc).__name__, str(exc))
+    except Exception:
+        log.exception("job %s: unexpected error", job_id)
+        error = job_error("InternalError", INTERNAL_ERROR)
+    return _end(ctx, job_id, job.spec, status, None, error)
+
+
+def _end(
+    ctx: WorkerContext,
+    job_id: str,
+    spec: dict[str, Any],
+    status: str,
+    result: dict[str, Any] | None,
+    error: dict[str, Any] | None,
+) -> str | None:
+    """Finish the parent job held by this worker, drop its intermediate arrays, send the callback."""
+    if not ctx.store.finish(job_id, worker=ctx.worker, status=status, result=result, error=error):
+        return None
+    shutil.rmtree(shard_dir(ctx.settings, job_id), ignore_errors=True)
+    if spec.get("callback_url"):
+        ctx.send(DELIVER_CALLBACK, job_id)
+    return status
+
+
+def _resume(ctx: WorkerContext, shards: ShardStore, job_id: str) -> str | None:
+    """A sharded job sent again: its merging worker died (lease expired), so merge here or hand it back."""
+    job = ctx.store.claim(job_id, worker=ctx.worker, lease_seconds=ctx.settings.job_lease_s)
+    if job is None:
+        return None
+    plan = shards.get_plan(job_id)
+    if plan is not None and plan.shards_done >= plan.num_shards:
+        return _merge(ctx, shards, job_id)
+    if shards.hand_to_shards(job_id, worker=ctx.worker):
+        for shard in shards.shards(job_id):
+            if shard.status in ("queued", "running"):
+                ctx.send(RUN_EVALUATION_SHARD, shard.key)
+    return "running"
+
+
+# ---- a shard ------------------------------------------------------------------------------------------
+
+
+def run_shard(ctx: WorkerContext, key: str) -> str | None:
+    """The RUN_EVALUATION_SHARD task: attack one shard's batches; the last shard to succeed merges."""
+    settings = ctx.settings
+    shards = ShardStore(ctx.store)
+    job_id, index = parse_shard_key(key)
+    shard = shards.claim_shard(job_id, index, worker=ctx.worker, lease_seconds=settings.job_lease_s)
+    if shard is None:
+        shards.settle_shard(job_id, index)
+        log.info("job %s shard %d: not claimed (done, cancelled, or running elsewhere)", job_id, index)
+        return None
+
+    def report(progress: Progress) -> bool:
+        return shards.report_shard_progress(
+            job_id,
+            index,
+            worker=ctx.worker,
+            fraction=progress.fraction,
+            lease_seconds=settings.job_lease_s,
+            stage=progress.stage,
+        )
+
+    heartbeat = lease_heartbeat(report, settings)
+    status: ShardOutcome = "failed"
+    error: dict[str, str] | None = None
+    try:
+        with heartbeat:
+            job = ctx.store.get_job(job_id)
+            _spec, model, dataset, options = _inputs(ctx, job.spec)
+            x, y, _ = evaluation._prepare(model, dataset, options)
+            clean = _load_npz(shard_dir(settings, job_id) / "clean.npz")
+            tracker = evaluation._Tracker(heartbeat.update, heartbeat.should_stop)
+            tracker.total = shard.units
+            runs = evaluation.attack_runs(
+                model, x, y, clean["clean_pred"], options, tracker,
+                batches=range(shard.batch_start, shard.batch_stop),
+            )  # fmt: skip
+        arrays: dict[str, Any] = {}
+        for i, run in enumerate(runs):
+            arrays.update(
+                {
+                    f"adv_pred_{i}": run.adv_pred,
+                    f"fooled_{i}": run.fooled,
+                    f"linf_{i}": run.linf,
+                    f"l2_{i}": run.l2,
+                    f"attacked_{i}": run.attacked,
+                    f"goal_{i}": run.goal,
+                    f"passes_{i}": np.array([run.forward, run.backward], np.int64),
+                    f"seconds_{i}": np.array(run.seconds),
+                }
+            )
+        _save_npz(shard_dir(settings, job_id) / f"shard-{index}.npz", arrays)
+        status = "succeeded"
+    except EvaluationCancelled:
+        stopped = heartbeat.stopped("a shard")
+        if stopped is None:
+            shards.release_shard(job_id, index, worker=ctx.worker)
+            ctx.send(RUN_EVALUATION_SHARD, key)
+            return None
+        status, error = stopped
+    except (ModelLoadError, DatasetError, EvaluationError) as exc:
+        log.info("job %s shard %d: failed: %s: %s", job_id, index, type(exc).__name__, exc)
+        error = job_error(type(exc).__name__, str(exc))
+    except (NotFound, FileNotFoundError):
+        log.warning("job %s shard %d: its job or clean pass is gone", job_id, index, exc_info=True)
+        status = "cancelled"
+    except Exception:
+        log.exception("job %s shard %d: unexpected error", job_id, index)
+        error = job_error("InternalError", INTERNAL_ERROR)
+
+    applied, merge = shards.finish_shard(
+        job_id, index, worker=ctx.worker, status=status, lease_seconds=settings.job_lease_s, error=error
+    )
+    if not applied:
+        log.warning(
+            "job %s shard %d: ended %s here but the store refused it (lease lost?)", job_id, index, status
+        )
+        return None
+    log.info("job %s shard %d: %s on %s", job_id, index, status, ctx.worker)
+    if status != "succeeded":
+        # One failed shard fails the job; a cancelled one means the job was cancelled.
+        if shards.end_parent(job_id, status="failed" if status == "failed" else "cancelled", error=error):
+            shutil.rmtree(shard_dir(settings, job_id), ignore_errors=True)
+        return status
+    if merge:
+        return _merge(ctx, shards, job_id)
+    return status
+
+
+# ---- the merge ----------------------------------------------------------------------------------------
+
+
+def _merge(ctx: WorkerContext, shards: ShardStore, job_id: str) -> str | None:
+    """Put every shard's batches together and reduce them to the report, as `evaluate` does."""
+    job = ctx.store.get_job(job_id)
+    status, result, error = "failed", None, None
+    try:
+        options = EvaluationOptions.model_validate(
+            EvaluationSpec.model_validate(job.spec).model_dump(include=set(EvaluationOptions.model_fields))
+        )
+        directory = shard_dir(ctx.settings, job_id)
+        meta = json.loads((directory / "clean.json").read_text())
+        clean = _load_npz(directory / "clean.npz")
+        records = shards.shards(job_id)
+        parts = [_load_npz(directory / f"shard-{record.shard_index}.npz") for record in records]
+        batches = [range(record.batch_start, record.batch_stop) for record in records]
+        runs = merge_runs(options, clean["clean_pred"], batches, parts)
+        started = job.started_at or job.created_at
+        outcome = evaluation.summarize(
+            runs, clean["labels"], clean["clean_pred"], clean["zero_grad"], clean["bad_grad"], options,
+            warnings=list(meta["warnings"]), num_classes=int(meta["num_classes"]),
+            model_sha256=meta["model_sha256"], dataset_sha256=meta["dataset_sha256"],
+            seconds=(utcnow() - started).total_seconds(),
+        )  # fmt: skip
+        result = outcome.result.model_dump(mode="json")
+        write_evaluation_artifacts(ctx, job_id, result, outcome.per_sample)
+        status = "succeeded"
+        log.info("job %s: %d shards merged on %s", job_id, len(records), ctx.worker)
+    except Exception:
+        log.exception("job %s: the merge of its shards failed", job_id)
+        error = job_error("InternalError", INTERNAL_ERROR)
+    return _end(ctx, job_id, job.spec, status, result, error)
+
+
+def merge_runs(
+    options: EvaluationOptions,
+    clean_pred: np.ndarray,
+    batches: list[range],
+    parts: list[dict[str, np.ndarray]],
+) -> list[AttackRun]:
+    """The whole evaluation's attack runs from the shards' arrays (shard i computed global `batches[i]`)."""
+    runs: list[AttackRun] = []
+    size = options.batch_size
+    for index, spec in enumerate(options.attacks):
+        for eps in spec.eps_values():
+            r = len(runs)
+            attacked, goal = parts[0][f"attacked_{r}"], parts[0][f"goal_{r}"]
+            adv_pred, fooled = clean_pred.copy(), np.zeros(clean_pred.shape[0], bool)
+            linf, l2 = np.zeros(clean_pred.shape[0], np.float32), np.zeros(clean_pred.shape[0], np.float32)
+            indices = np.flatnonzero(attacked)
+            forward = backward = 0
+            seconds = 0.0
+            for span, part in zip(batches, parts, strict=True):
+                mine = indices[span.start * size : span.stop * size]
+                adv_pred[mine] = part[f"adv_pred_{r}"][mine]
+                fooled[mine] = part[f"fooled_{r}"][mine]
+                linf[mine] = part[f"linf_{r}"][mine]
+                l2[mine] = part[f"l2_{r}"][mine]
+                forward += int(part[f"passes_{r}"][0])
+                backward += int(part[f"passes_{r}"][1])
+                seconds += float(part[f"seconds_{r}"])  # attack time summed over the shards' workers
+            runs.append(
+                AttackRun(
+                    spec, index, eps, adv_pred, fooled, linf, l2, attacked, goal, forward, backward, seconds
+                )
+            )
+    return runs
+
+
+__all__ = ["SHARDED", "merge_runs", "plan_spans", "run_evaluation", "run_shard", "shard_dir"]
