@@ -1,7 +1,7 @@
 """What a worker process shares between its jobs, and the steps every job runner takes the same way.
 
 The runners (`workers/runners/`) claim a job, load its model and dataset through these helpers, and
-end it with `job_error` bodies; `build_context` makes the one context of a worker process.
+end it through `runners/base.py`; `build_context` makes the one context of a worker process.
 """
 
 from __future__ import annotations
@@ -60,10 +60,6 @@ def job_heartbeat(ctx: WorkerContext, job_id: str) -> Heartbeat:
         )
 
     return lease_heartbeat(report, ctx.settings)
-
-
-def job_error(kind: str, detail: str) -> dict[str, str]:
-    return {"type": kind, "detail": detail}
 
 
 def model_record(store: JobStore, model_id: str) -> ModelRecord:

@@ -43,7 +43,8 @@ class JobStatusFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = _JOB_PATH.fullmatch(scope["path"]) if scope["type"] == "http" else None
-        if match is None or scope["method"] != "GET":
+        # A query string asks for more than the plain read (a later `?wait=`): the route answers it.
+        if match is None or scope["method"] != "GET" or scope.get("query_string"):
             await self.app(scope, receive, send)
             return
         authorization = next((v for k, v in scope["headers"] if k == b"authorization"), b"")

@@ -1,4 +1,4 @@
-"""What the HTTP API answers: Model, Dataset, Job, artifacts, pages and problems (API.md).
+"""What the HTTP API answers: Model, Dataset, Job, artifacts, pages and problems (docs/api.md).
 
 Request bodies (EvaluationSpec and the attack specs) live in `service.schemas`; this module only
 shapes answers, converting the store's records.

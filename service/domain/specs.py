@@ -121,6 +121,10 @@ class EvaluationSpec(EvaluationOptions):
         description="Pass/fail bars the junit and markdown reports judge the result against.",
     )
 
+    def options(self) -> EvaluationOptions:
+        """What the engine runs: the evaluation without its ids, callback and reporting fields."""
+        return EvaluationOptions.model_validate(self.model_dump(include=set(EvaluationOptions.model_fields)))
+
     @model_validator(mode="after")
     def _thresholds_name_attacks(self) -> EvaluationSpec:
         for threshold in self.thresholds:
@@ -252,3 +256,7 @@ class TrainingSpec(TrainingOptions):
         default=None, min_length=1, max_length=200, description="Default: 10% of the training data, held out."
     )
     callback_url: str | None = Field(default=None, max_length=2000)
+
+    def options(self) -> TrainingOptions:
+        """What the trainer runs: the training without its ids and callback."""
+        return TrainingOptions.model_validate(self.model_dump(include=set(TrainingOptions.model_fields)))

@@ -12,19 +12,20 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from service.domain.jobs import JobStatus
 from service.domain.results import Progress
 from service.errors import InvalidCursor, NotFound
+from service.store import lifecycle
 from service.store.api_keys import ApiKeyStore
 from service.store.catalog import CatalogStore
 from service.store.records import (
-    JOB_STATUSES,
-    TERMINAL_STATUSES,
     JobRecord,
     new_id,
     record_from_row,
@@ -32,7 +33,6 @@ from service.store.records import (
 )
 from service.store.schema import (
     DEFAULT_MAX_ATTEMPTS,
-    UTCDateTime,
     jobs_table,
 )
 
@@ -55,7 +55,14 @@ def _decode_cursor(cursor: str) -> int:
 
 class JobStore(CatalogStore, ApiKeyStore):
     """Jobs, and through its bases the catalog and the API keys: the one store object the API and the
-    workers hold; safe to share between threads."""
+    workers hold; safe to share between threads.
+
+    `clock` tells the time every lease and timestamp of a job is computed from; tests pass their own.
+    """
+
+    def __init__(self, database_url: str, *, clock: Callable[[], datetime] = utcnow) -> None:
+        super().__init__(database_url)
+        self.now = clock
 
     # ---- jobs: the API side ------------------------------------------------------------------
 
@@ -79,12 +86,12 @@ class JobStore(CatalogStore, ApiKeyStore):
             existing = self.job_by_idempotency_key(owner, idempotency_key)
             if existing is not None:
                 return existing, False
-        now = utcnow()
+        now = self.now()
         row: dict[str, Any] = {
             "id": new_id("job"),
             "owner": owner,
             "kind": kind,
-            "status": "queued",
+            "status": JobStatus.QUEUED,
             "spec": spec,
             "attempts": 0,
             "max_attempts": max_attempts,
@@ -95,10 +102,10 @@ class JobStore(CatalogStore, ApiKeyStore):
             "updated_at": now,
         }
         if reuse is not None:
-            if reuse.status != "succeeded" or reuse.result is None:
+            if reuse.status != JobStatus.SUCCEEDED or reuse.result is None:
                 raise ValueError(f"job {reuse.id} has no result to reuse")
             row.update(
-                status="succeeded",
+                status=JobStatus.SUCCEEDED,
                 result=reuse.result,
                 progress={"fraction": 1.0, "stage": "done (result reused)", "eta_seconds": 0.0},
                 started_at=now,
@@ -131,7 +138,12 @@ class JobStore(CatalogStore, ApiKeyStore):
         t = jobs_table.c
         query = (
             sa.select(jobs_table)
-            .where(t.owner == owner, t.cache_key == cache_key, t.status == "succeeded", t.result.is_not(None))
+            .where(
+                t.owner == owner,
+                t.cache_key == cache_key,
+                t.status == JobStatus.SUCCEEDED,
+                t.result.is_not(None),
+            )
             # A job that ran, never a reused copy: the API copies a copy's artifacts after creating its row,
             # so a concurrent submission could otherwise copy half of them.
             .where(t.reused_from.is_(None))
@@ -185,31 +197,10 @@ class JobStore(CatalogStore, ApiKeyStore):
     def request_cancel(self, job_id: str, *, owner: str) -> JobRecord:
         """Cancel a job: a queued one (or one whose worker died) at once, a running one at its next report."""
         job = self.get_job(job_id, owner=owner)
-        now = utcnow()
-        t = jobs_table.c
+        now = self.now()
         with self._tx() as conn:
-            done = conn.execute(
-                jobs_table.update()
-                .where(
-                    t.id == job_id,
-                    sa.or_(t.status == "queued", sa.and_(t.status == "running", t.lease_until < now)),
-                )
-                .values(
-                    status="cancelled",
-                    cancel_requested=True,
-                    finished_at=now,
-                    updated_at=now,
-                    worker=None,
-                    lease_until=None,
-                    progress=None,
-                )
-            ).rowcount
-            if not done:
-                conn.execute(
-                    jobs_table.update()
-                    .where(t.id == job_id, t.status == "running")
-                    .values(cancel_requested=True, updated_at=now)
-                )
+            if not lifecycle.cancel_unheld(conn, job_id, now=now):
+                lifecycle.ask_to_cancel(conn, job_id, now=now)
         after = self.get_job(job_id)
         if after.status != job.status or after.cancel_requested != job.cancel_requested:
             log.info("job %s cancel requested: %s -> %s", job_id, job.status, after.status)
@@ -223,23 +214,10 @@ class JobStore(CatalogStore, ApiKeyStore):
         None when the job must not run here: it is finished or cancelled, another live worker holds it,
         or its attempts are used up (then it is marked failed with a sentence).
         """
-        now = utcnow()
-        t = jobs_table.c
-        claimable = sa.or_(t.status == "queued", sa.and_(t.status == "running", t.lease_until < now))
+        now = self.now()
         with self._tx() as conn:
-            rows = conn.execute(
-                jobs_table.update()
-                .where(t.id == job_id, claimable, t.cancel_requested.is_(False), t.attempts < t.max_attempts)
-                .values(
-                    status="running",
-                    worker=worker,
-                    lease_until=now + timedelta(seconds=lease_seconds),
-                    attempts=t.attempts + 1,
-                    started_at=sa.func.coalesce(t.started_at, sa.literal(now, UTCDateTime)),
-                    updated_at=now,
-                )
-            ).rowcount
-        if rows == 1:
+            started = lifecycle.start(conn, job_id, worker=worker, lease_seconds=lease_seconds, now=now)
+        if started:
             job = self.get_job(job_id)
             log.info(
                 "job %s running on %s (attempt %d of %d)", job_id, worker, job.attempts, job.max_attempts
@@ -250,34 +228,9 @@ class JobStore(CatalogStore, ApiKeyStore):
 
     def _settle_unclaimable(self, job_id: str, now: datetime) -> None:
         """A job nobody may run any more (cancelled while its worker died, or out of attempts) ends here."""
-        t = jobs_table.c
-        claimable = sa.or_(t.status == "queued", sa.and_(t.status == "running", t.lease_until < now))
         with self._tx() as conn:
-            cancelled = conn.execute(
-                jobs_table.update()
-                .where(t.id == job_id, claimable, t.cancel_requested.is_(True))
-                .values(status="cancelled", finished_at=now, updated_at=now, worker=None, lease_until=None)
-            ).rowcount
-            row = conn.execute(sa.select(t.attempts, t.max_attempts).where(t.id == job_id)).first()
-            exhausted = 0
-            if not cancelled and row is not None:
-                error = {
-                    "type": "attempts_exhausted",
-                    "detail": f"the job was started {row.attempts} times and its worker stopped each time "
-                    "(out of memory or killed); check the model and batch_size, then submit it again",
-                }
-                exhausted = conn.execute(
-                    jobs_table.update()
-                    .where(t.id == job_id, claimable, t.attempts >= t.max_attempts)
-                    .values(
-                        status="failed",
-                        error=error,
-                        finished_at=now,
-                        updated_at=now,
-                        worker=None,
-                        lease_until=None,
-                    )
-                ).rowcount
+            cancelled = lifecycle.cancel_unheld(conn, job_id, now=now, requested=True)
+            exhausted = not cancelled and lifecycle.exhaust(conn, job_id, now=now)
         if cancelled:
             log.info("job %s cancelled (its worker had stopped)", job_id)
         if exhausted:
@@ -285,53 +238,31 @@ class JobStore(CatalogStore, ApiKeyStore):
 
     def report_progress(self, job_id: str, *, worker: str, progress: Progress, lease_seconds: float) -> bool:
         """Record progress and extend the lease; False means stop: cancel requested or the job is not ours."""
-        now = utcnow()
-        t = jobs_table.c
         with self._tx() as conn:
-            rows = conn.execute(
-                jobs_table.update()
-                .where(
-                    t.id == job_id, t.status == "running", t.worker == worker, t.cancel_requested.is_(False)
-                )
-                .values(
-                    progress=progress.model_dump(mode="json"),
-                    lease_until=now + timedelta(seconds=lease_seconds),
-                    updated_at=now,
-                )
-            ).rowcount
-        return rows == 1
+            return lifecycle.renew(
+                conn,
+                job_id,
+                worker=worker,
+                progress=progress.model_dump(mode="json"),
+                lease_seconds=lease_seconds,
+                now=self.now(),
+            )
 
     def finish(
         self,
         job_id: str,
         *,
         worker: str,
-        status: str,
+        status: JobStatus,
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
     ) -> bool:
         """End a running job held by `worker` as succeeded, failed or cancelled; False if it was not ours."""
-        if status not in TERMINAL_STATUSES:
-            raise ValueError(f"finish() needs a terminal status, got {status!r}")
-        now = utcnow()
-        t = jobs_table.c
-        values: dict[str, Any] = {
-            "status": status,
-            "result": result,
-            "error": error,
-            "finished_at": now,
-            "updated_at": now,
-            "lease_until": None,
-        }
-        if status == "succeeded":
-            values["progress"] = {"fraction": 1.0, "stage": "done", "eta_seconds": 0.0}
         with self._tx() as conn:
-            rows = conn.execute(
-                jobs_table.update()
-                .where(t.id == job_id, t.status == "running", t.worker == worker)
-                .values(**values)
-            ).rowcount
-        if rows == 1:
+            done = lifecycle.finish(
+                conn, job_id, worker=worker, status=status, result=result, error=error, now=self.now()
+            )
+        if done:
             suffix = f": {error.get('detail')}" if error else ""
             log.info("job %s %s on %s%s", job_id, status, worker, suffix)
         else:
@@ -341,42 +272,28 @@ class JobStore(CatalogStore, ApiKeyStore):
                 status,
                 worker,
             )
-        return rows == 1
+        return done
 
     def release(self, job_id: str, *, worker: str) -> None:
         """Give a running job back (the worker is shutting down): queued again, attempts kept."""
-        now = utcnow()
-        t = jobs_table.c
         with self._tx() as conn:
-            rows = conn.execute(
-                jobs_table.update()
-                .where(t.id == job_id, t.status == "running", t.worker == worker)
-                .values(
-                    status=sa.case((t.cancel_requested.is_(True), "cancelled"), else_="queued"),
-                    finished_at=sa.case(
-                        (t.cancel_requested.is_(True), sa.literal(now, UTCDateTime)),
-                        else_=sa.null(),
-                    ),
-                    worker=None,
-                    lease_until=None,
-                    updated_at=now,
-                )
-            ).rowcount
-        if rows:
+            released = lifecycle.release(conn, job_id, worker=worker, now=self.now())
+        if released:
             log.info("job %s released by %s", job_id, worker)
 
     def stale_queued_jobs(self, *, older_than_seconds: float) -> list[JobRecord]:
         """Queued jobs untouched for a while: their broker message may be lost, re-enqueue them."""
-        cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+        cutoff = self.now() - timedelta(seconds=older_than_seconds)
         t = jobs_table.c
-        query = sa.select(jobs_table).where(t.status == "queued", t.updated_at < cutoff).order_by(t.seq)
+        query = (
+            sa.select(jobs_table).where(t.status == JobStatus.QUEUED, t.updated_at < cutoff).order_by(t.seq)
+        )
         with self.engine.connect() as conn:
             return [record_from_row(JobRecord, row) for row in conn.execute(query).mappings()]
 
     def expired_leases(self) -> list[JobRecord]:
         """Running jobs whose worker stopped renewing its lease: re-enqueue them, claim() takes them over."""
-        t = jobs_table.c
-        query = sa.select(jobs_table).where(t.status == "running", t.lease_until < utcnow()).order_by(t.seq)
+        query = sa.select(jobs_table).where(lifecycle.lease_expired(self.now())).order_by(jobs_table.c.seq)
         with self.engine.connect() as conn:
             return [record_from_row(JobRecord, row) for row in conn.execute(query).mappings()]
 
@@ -385,4 +302,4 @@ class JobStore(CatalogStore, ApiKeyStore):
         query = sa.select(jobs_table.c.status, sa.func.count()).group_by(jobs_table.c.status)
         with self.engine.connect() as conn:
             counts = {status: int(n) for status, n in conn.execute(query)}
-        return {status: counts.get(status, 0) for status in JOB_STATUSES}
+        return {status.value: counts.get(status, 0) for status in JobStatus}

@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
+from service.domain.jobs import JobPhase, JobStatus
+
 ModelStatus = Literal["validating", "ready", "rejected"]
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["evaluation", "training"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-JOB_STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 def utcnow() -> datetime:
@@ -59,7 +57,7 @@ class JobRecord:
     id: str
     owner: str
     kind: str
-    status: str
+    status: JobStatus
     spec: dict[str, Any]
     result: dict[str, Any] | None
     error: dict[str, Any] | None
@@ -76,10 +74,17 @@ class JobRecord:
     finished_at: datetime | None
     cache_key: str | None = None
     reused_from: str | None = None
+    phase: JobPhase | None = None
+
+    def __post_init__(self) -> None:
+        # The columns hold plain strings; records carry the enums.
+        object.__setattr__(self, "status", JobStatus(self.status))
+        if self.phase is not None:
+            object.__setattr__(self, "phase", JobPhase(self.phase))
 
     @property
     def terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
+        return self.status.terminal
 
 
 @dataclass(frozen=True)

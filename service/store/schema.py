@@ -108,6 +108,8 @@ jobs_table = sa.Table(
     # result was given.
     sa.Column("cache_key", sa.String(64)),
     sa.Column("reused_from", sa.String(64)),
+    # service/domain/jobs.py JobPhase: NULL for a job held whole, "sharded" while its shards hold it.
+    sa.Column("phase", sa.String(16)),
     # NULL keys are distinct in both SQLite and PostgreSQL, so jobs without a key never collide.
     sa.UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
     sa.Index("ix_jobs_owner_seq", "owner", "seq"),

@@ -1,9 +1,10 @@
 """ShardStore: the shards of a sharded evaluation, beside the JobStore and in the same database.
 
-A sharded parent job stays `running` for the user while it is in one of three hands, said by its `worker`:
-the coordinating worker (clean pass, with a lease), `SHARDED` (no lease: its shards carry the leases), and
-the worker that finished the last shard (the merge, with a lease). Like the JobStore, every transition is
-one conditional UPDATE whose row count says whether it applied. Imports neither FastAPI nor TensorFlow.
+A sharded parent job stays `running` for the user while it is in one of three hands: the coordinating
+worker (clean pass, with a lease), its shards (`phase` = sharded: no lease, the shards carry theirs), and
+the worker that finished the last shard (the merge, with a lease). The parent's row changes only through
+`lifecycle.py`; a shard's row, like a job's, changes by conditional UPDATEs whose row count says whether
+they applied. Imports neither FastAPI nor TensorFlow.
 """
 
 from __future__ import annotations
@@ -11,19 +12,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import sqlalchemy as sa
 
+from service.domain.jobs import JobPhase, JobStatus
+from service.store import lifecycle
 from service.store.jobs import JobStore
-from service.store.records import utcnow
 from service.store.schema import DEFAULT_MAX_ATTEMPTS, evaluation_plans_table, job_shards_table, jobs_table
 
 log = logging.getLogger(__name__)
-
-# The `worker` of a parent job while its shards run: no worker holds it, so it has no lease to expire.
-SHARDED = "(shards)"
-ShardOutcome = Literal["succeeded", "failed", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +76,23 @@ def parse_shard_key(key: str) -> tuple[str, int]:
     return job_id, int(index)
 
 
+def _shard_lease_expired(now: datetime) -> sa.ColumnElement[bool]:
+    s = job_shards_table.c
+    return sa.and_(s.status == JobStatus.RUNNING, s.lease_until < now)
+
+
+def _shard_claimable(now: datetime) -> sa.ColumnElement[bool]:
+    """A shard a worker may take: queued, or running with a lease that expired (its worker died)."""
+    return sa.or_(job_shards_table.c.status == JobStatus.QUEUED, _shard_lease_expired(now))
+
+
+def _shard_held(job_id: str, index: int, worker: str) -> sa.ColumnElement[bool]:
+    s = job_shards_table.c
+    return sa.and_(
+        s.job_id == job_id, s.shard_index == index, s.status == JobStatus.RUNNING, s.worker == worker
+    )
+
+
 def _shard(row: Any) -> ShardRecord:
     fields = ShardRecord.__dataclass_fields__
     return ShardRecord(**{k: v for k, v in row.items() if k in fields})
@@ -103,16 +118,9 @@ class ShardStore:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> bool:
         """Record the shards and hand the parent job from `coordinator` to them; False if it was not ours."""
-        now = utcnow()
-        j = jobs_table.c
+        now = self.store.now()
         with self.engine.begin() as conn:
-            handed = conn.execute(
-                jobs_table.update()
-                .where(j.id == job_id, j.status == "running", j.worker == coordinator)
-                .where(j.cancel_requested.is_(False))
-                .values(worker=SHARDED, lease_until=None, updated_at=now)
-            ).rowcount
-            if handed != 1:
+            if not lifecycle.hand_to_shards(conn, job_id, worker=coordinator, now=now):
                 return False
             conn.execute(
                 evaluation_plans_table.insert().values(
@@ -130,7 +138,7 @@ class ShardStore:
                     {
                         "job_id": job_id,
                         "shard_index": i,
-                        "status": "queued",
+                        "status": JobStatus.QUEUED,
                         "batch_start": span.batch_start,
                         "batch_stop": span.batch_stop,
                         "units": span.units,
@@ -148,14 +156,8 @@ class ShardStore:
 
     def hand_to_shards(self, job_id: str, *, worker: str) -> bool:
         """Give a parent job that `worker` claimed (after a lost merge) back to its shards."""
-        j = jobs_table.c
         with self.engine.begin() as conn:
-            rows = conn.execute(
-                jobs_table.update()
-                .where(j.id == job_id, j.status == "running", j.worker == worker)
-                .values(worker=SHARDED, lease_until=None, updated_at=utcnow())
-            ).rowcount
-        return rows == 1
+            return lifecycle.hand_to_shards(conn, job_id, worker=worker, now=self.store.now())
 
     def get_plan(self, job_id: str) -> PlanRecord | None:
         query = sa.select(evaluation_plans_table).where(evaluation_plans_table.c.job_id == job_id)
@@ -180,24 +182,22 @@ class ShardStore:
 
     def _parent_live(self, job_id: str) -> sa.ColumnElement[bool]:
         j = jobs_table.c
-        return sa.exists().where(
-            j.id == job_id, j.status == "running", j.worker == SHARDED, j.cancel_requested.is_(False)
-        )
+        return sa.exists().where(j.id == job_id, lifecycle.sharded(), j.cancel_requested.is_(False))
 
     def claim_shard(
         self, job_id: str, index: int, *, worker: str, lease_seconds: float
     ) -> ShardRecord | None:
         """Take a queued shard, or one whose worker died; None when it must not run here."""
-        now = utcnow()
+        now = self.store.now()
         s = job_shards_table.c
-        claimable = sa.or_(s.status == "queued", sa.and_(s.status == "running", s.lease_until < now))
+        claimable = _shard_claimable(now)
         with self.engine.begin() as conn:
             rows = conn.execute(
                 job_shards_table.update()
                 .where(s.job_id == job_id, s.shard_index == index, claimable, s.attempts < s.max_attempts)
                 .where(self._parent_live(job_id))
                 .values(
-                    status="running",
+                    status=JobStatus.RUNNING,
                     worker=worker,
                     lease_until=now + timedelta(seconds=lease_seconds),
                     attempts=s.attempts + 1,
@@ -221,12 +221,17 @@ class ShardStore:
 
         False means stop: the parent was cancelled or ended, or the shard is no longer this worker's.
         """
-        now = utcnow()
-        s, j, p = job_shards_table.c, jobs_table.c, evaluation_plans_table.c
+        now = self.store.now()
+        s, p = job_shards_table.c, evaluation_plans_table.c
         with self.engine.begin() as conn:
             rows = conn.execute(
                 job_shards_table.update()
-                .where(s.job_id == job_id, s.shard_index == index, s.status == "running", s.worker == worker)
+                .where(
+                    s.job_id == job_id,
+                    s.shard_index == index,
+                    s.status == JobStatus.RUNNING,
+                    s.worker == worker,
+                )
                 .where(self._parent_live(job_id))
                 .values(
                     fraction=min(max(fraction, 0.0), 1.0),
@@ -240,8 +245,8 @@ class ShardStore:
             stats = conn.execute(
                 sa.select(
                     sa.func.sum(s.units * s.fraction),
-                    sa.func.count().filter(s.status == "succeeded"),
-                    sa.func.count().filter(s.status == "running"),
+                    sa.func.count().filter(s.status == JobStatus.SUCCEEDED),
+                    sa.func.count().filter(s.status == JobStatus.RUNNING),
                 ).where(s.job_id == job_id)
             ).one()
             done_units = plan["clean_units"] + float(stats[0] or 0.0)
@@ -255,11 +260,7 @@ class ShardStore:
                 "stage": f"{stage} ({stats[1]} of {plan['num_shards']} shards done, {stats[2]} running)",
                 "eta_seconds": eta,
             }
-            conn.execute(
-                jobs_table.update()
-                .where(j.id == job_id, j.status == "running", j.worker == SHARDED)
-                .values(progress=progress, updated_at=now)
-            )
+            lifecycle.shard_progress(conn, job_id, progress=progress, now=now)
         return True
 
     def finish_shard(
@@ -268,7 +269,7 @@ class ShardStore:
         index: int,
         *,
         worker: str,
-        status: ShardOutcome,
+        status: JobStatus,
         lease_seconds: float,
         error: dict[str, Any] | None = None,
     ) -> tuple[bool, bool]:
@@ -278,8 +279,8 @@ class ShardStore:
         transaction that worker takes the parent job with a lease of its own, so a merge that dies is taken
         over like a job (the lease expires, the reconciler sends the job again).
         """
-        now = utcnow()
-        s, j, p = job_shards_table.c, jobs_table.c, evaluation_plans_table.c
+        now = self.store.now()
+        s, p = job_shards_table.c, evaluation_plans_table.c
         values: dict[str, Any] = {
             "status": status,
             "error": error,
@@ -287,15 +288,20 @@ class ShardStore:
             "finished_at": now,
             "updated_at": now,
         }
-        if status == "succeeded":
+        if status == JobStatus.SUCCEEDED:
             values["fraction"] = 1.0
         with self.engine.begin() as conn:
             applied = conn.execute(
                 job_shards_table.update()
-                .where(s.job_id == job_id, s.shard_index == index, s.status == "running", s.worker == worker)
+                .where(
+                    s.job_id == job_id,
+                    s.shard_index == index,
+                    s.status == JobStatus.RUNNING,
+                    s.worker == worker,
+                )
                 .values(**values)
             ).rowcount
-            if applied != 1 or status != "succeeded":
+            if applied != 1 or status != JobStatus.SUCCEEDED:
                 return applied == 1, False
             # The row lock of this UPDATE orders concurrent finishers: each sees the count after its own.
             conn.execute(
@@ -306,12 +312,8 @@ class ShardStore:
             plan = conn.execute(sa.select(p.shards_done, p.num_shards).where(p.job_id == job_id)).one()
             if plan.shards_done < plan.num_shards:
                 return True, False
-            took = conn.execute(
-                jobs_table.update()
-                .where(j.id == job_id, j.status == "running", j.worker == SHARDED)
-                .values(worker=worker, lease_until=now + timedelta(seconds=lease_seconds), updated_at=now)
-            ).rowcount
-        return True, took == 1
+            took = lifecycle.take_merge(conn, job_id, worker=worker, lease_seconds=lease_seconds, now=now)
+        return True, took
 
     def release_shard(self, job_id: str, index: int, *, worker: str) -> None:
         """Give a running shard back (its worker is shutting down): queued again, attempts kept."""
@@ -319,52 +321,53 @@ class ShardStore:
         with self.engine.begin() as conn:
             conn.execute(
                 job_shards_table.update()
-                .where(s.job_id == job_id, s.shard_index == index, s.status == "running", s.worker == worker)
-                .values(status="queued", worker=None, lease_until=None, updated_at=utcnow())
+                .where(
+                    s.job_id == job_id,
+                    s.shard_index == index,
+                    s.status == JobStatus.RUNNING,
+                    s.worker == worker,
+                )
+                .values(status=JobStatus.QUEUED, worker=None, lease_until=None, updated_at=self.store.now())
             )
 
-    def end_parent(self, job_id: str, *, status: ShardOutcome, error: dict[str, Any] | None = None) -> bool:
+    def end_parent(self, job_id: str, *, status: JobStatus, error: dict[str, Any] | None = None) -> bool:
         """End a parent job held by its shards (a shard failed, or the user cancelled); False if not."""
-        now = utcnow()
-        j = jobs_table.c
-        values: dict[str, Any] = {
-            "status": status,
-            "error": error,
-            "finished_at": now,
-            "updated_at": now,
-            "lease_until": None,
-        }
         with self.engine.begin() as conn:
-            rows = conn.execute(
-                jobs_table.update()
-                .where(j.id == job_id, j.status == "running", j.worker == SHARDED)
-                .values(**values)
-            ).rowcount
-        if rows == 1:
+            ended = lifecycle.end_sharded(
+                conn, job_id, status=JobStatus(status), error=error, now=self.store.now()
+            )
+        if ended:
             suffix = f": {error.get('detail')}" if error else ""
             log.info("job %s %s (sharded)%s", job_id, status, suffix)
-        return rows == 1
+        return ended
 
     def settle_shard(self, job_id: str, index: int) -> None:
         """A shard that may not run: end its parent if it was cancelled or the shard is out of attempts."""
         j, s = jobs_table.c, job_shards_table.c
         with self.engine.connect() as conn:
             parent = conn.execute(
-                sa.select(j.status, j.worker, j.cancel_requested).where(j.id == job_id)
+                sa.select(j.status, j.phase, j.cancel_requested).where(j.id == job_id)
             ).first()
             shard = (
                 conn.execute(sa.select(job_shards_table).where(s.job_id == job_id, s.shard_index == index))
                 .mappings()
                 .first()
             )
-        if parent is None or shard is None or parent.status != "running" or parent.worker != SHARDED:
+        if (
+            parent is None
+            or shard is None
+            or parent.status != JobStatus.RUNNING
+            or parent.phase != JobPhase.SHARDED
+        ):
             return
         if parent.cancel_requested:
-            self.end_parent(job_id, status="cancelled")
+            self.end_parent(job_id, status=JobStatus.CANCELLED)
             return
-        now = utcnow()
-        claimable = shard["status"] == "queued" or (
-            shard["status"] == "running" and shard["lease_until"] is not None and shard["lease_until"] < now
+        now = self.store.now()
+        claimable = shard["status"] == JobStatus.QUEUED or (
+            shard["status"] == JobStatus.RUNNING
+            and shard["lease_until"] is not None
+            and shard["lease_until"] < now
         )
         if claimable and shard["attempts"] >= shard["max_attempts"]:
             error = {
@@ -377,27 +380,35 @@ class ShardStore:
                 conn.execute(
                     job_shards_table.update()
                     .where(s.job_id == job_id, s.shard_index == index)
-                    .values(status="failed", error=error, lease_until=None, finished_at=now, updated_at=now)
+                    .values(
+                        status=JobStatus.FAILED,
+                        error=error,
+                        lease_until=None,
+                        finished_at=now,
+                        updated_at=now,
+                    )
                 )
-            self.end_parent(job_id, status="failed", error=error)
+            self.end_parent(job_id, status=JobStatus.FAILED, error=error)
 
     # ---- the reconciler ------------------------------------------------------------------------
 
     def lost_shards(self, *, queued_older_than_seconds: float) -> list[ShardRecord]:
         """Shards of live sharded jobs whose worker died (lease expired) or whose message may be lost."""
-        now = utcnow()
+        now = self.store.now()
         cutoff = now - timedelta(seconds=queued_older_than_seconds)
         s, j = job_shards_table.c, jobs_table.c
         query = (
             sa.select(job_shards_table)
             .join(jobs_table, j.id == s.job_id)
-            .where(j.status == "running", j.worker == SHARDED)
+            .where(lifecycle.sharded())
             .where(
                 sa.or_(
-                    sa.and_(s.status == "running", s.lease_until < now),
-                    sa.and_(s.status == "queued", s.updated_at < cutoff),
+                    _shard_lease_expired(now),
+                    sa.and_(s.status == JobStatus.QUEUED, s.updated_at < cutoff),
                     # A cancelled parent: one delivery of any shard ends it (see settle_shard).
-                    sa.and_(s.status.in_(("queued", "running")), j.cancel_requested.is_(True)),
+                    sa.and_(
+                        s.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)), j.cancel_requested.is_(True)
+                    ),
                 )
             )
             .order_by(s.seq)

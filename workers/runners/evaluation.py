@@ -1,9 +1,4 @@
-"""What the worker does for an evaluation job, kept out of the thin Celery tasks.
-
-Every function here is idempotent: the job row in the store decides whether there is anything to do
-(`claim` answers None for a job that is finished, cancelled or held by another live worker), so a
-redelivered or re-enqueued message is harmless.
-"""
+"""An evaluation job run whole by one worker (large ones are split by `sharded.py`)."""
 
 from __future__ import annotations
 
@@ -15,21 +10,15 @@ from typing import Any
 import numpy as np
 
 from service.domain.artifacts import EXAMPLES_ARTIFACT
-from service.domain.datasets import DatasetError
-from service.domain.specs import EvaluationOptions, EvaluationSpec
-from service.domain.tasks import DELIVER_CALLBACK, RUN_EVALUATION
-from workers.context import (
-    INTERNAL_ERROR,
-    WorkerContext,
-    job_dataset,
-    job_error,
-    job_heartbeat,
-    load_job_model,
-    model_record,
-)
-from workers.evaluation.engine import EvaluationCancelled, EvaluationError, evaluate
+from service.domain.jobs import JobStatus
+from service.domain.specs import EvaluationSpec
+from service.domain.tasks import RUN_EVALUATION
+from service.store.records import JobRecord
+from workers.context import WorkerContext, job_dataset, load_job_model, model_record
+from workers.evaluation.engine import EvaluationCancelled, evaluate
 from workers.evaluation.examples import examples_npz
-from workers.models.errors import ModelLoadError
+from workers.runners.base import WholeJobRunner
+from workers.runtime.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -37,66 +26,39 @@ log = logging.getLogger(__name__)
 EXAMPLES_PER_CLASS = 2
 
 
-def run_evaluation(ctx: WorkerContext, job_id: str) -> str | None:
-    """Claim and run one evaluation job; returns its final status, or None when there was nothing to do."""
-    settings, store = ctx.settings, ctx.store
-    job = store.claim(job_id, worker=ctx.worker, lease_seconds=settings.job_lease_s)
-    if job is None:
-        log.info("job %s: not claimed (finished, cancelled, or running on another worker)", job_id)
-        return None
-    log.info("job %s: claimed by %s", job_id, ctx.worker)
+class EvaluationRunner(WholeJobRunner):
+    """An evaluation run whole by one worker: load the model and data, attack, write the artifacts."""
 
-    heartbeat = job_heartbeat(ctx, job_id)
-    status, result, error = "failed", None, None
-    try:
-        with heartbeat:
-            spec = EvaluationSpec.model_validate(job.spec)
-            model = load_job_model(ctx, model_record(store, spec.model_id))
-            dataset = job_dataset(ctx, spec.dataset_id)
-            options = EvaluationOptions.model_validate(
-                spec.model_dump(include=set(EvaluationOptions.model_fields))
-            )
-            samples = dataset.take(spec.max_samples).num_samples
-            log.info(
-                "job %s: evaluating model %s (sha256 %s) on %s (%d samples)",
-                job_id, spec.model_id, model.sha256, spec.dataset_id, samples,
-            )  # fmt: skip
-            outcome = evaluate(
-                model,
-                dataset,
-                options,
-                progress=heartbeat.update,
-                should_stop=heartbeat.should_stop,
-                keep_examples=EXAMPLES_PER_CLASS,
-            )
+    task = RUN_EVALUATION
+    stop_signal = EvaluationCancelled
+
+    def work(self, claim: JobRecord, heartbeat: Heartbeat) -> dict[str, Any]:
+        ctx, job_id = self.ctx, self.key
+        spec = EvaluationSpec.model_validate(claim.spec)
+        model = load_job_model(ctx, model_record(ctx.store, spec.model_id))
+        dataset = job_dataset(ctx, spec.dataset_id)
+        options = spec.options()
+        samples = dataset.take(spec.max_samples).num_samples
+        log.info(
+            "job %s: evaluating model %s (sha256 %s) on %s (%d samples)",
+            job_id, spec.model_id, model.sha256, spec.dataset_id, samples,
+        )  # fmt: skip
+        outcome = evaluate(
+            model,
+            dataset,
+            options,
+            progress=heartbeat.update,
+            should_stop=heartbeat.should_stop,
+            keep_examples=EXAMPLES_PER_CLASS,
+        )
         result = outcome.result.model_dump(mode="json")
         write_evaluation_artifacts(ctx, job_id, result, outcome.per_sample, outcome.examples)
-        status = "succeeded"
-    except EvaluationCancelled:
-        stopped = heartbeat.stopped()
-        if stopped is None:
-            # Hand the job back and send it again: this delivery is acknowledged when the task returns.
-            store.release(job_id, worker=ctx.worker)
-            ctx.send(RUN_EVALUATION, job_id)
-            log.info("job %s: handed back to the queue (worker shutting down)", job_id)
-            return None
-        status, error = stopped
-    except (ModelLoadError, DatasetError, EvaluationError) as exc:
-        log.info("job %s: failed: %s: %s", job_id, type(exc).__name__, exc)
-        error = job_error(type(exc).__name__, str(exc))
-    except Exception:
-        log.exception("job %s: unexpected error", job_id)
-        error = job_error("InternalError", INTERNAL_ERROR)
+        return result
 
-    finished = store.finish(job_id, worker=ctx.worker, status=status, result=result, error=error)
-    if not finished:
-        # Lease lost (another worker took the job over) or already finished: the row is not ours to write.
-        log.warning("job %s: ended %s here but the store refused the result (lease lost?)", job_id, status)
-        return None
-    log.info("job %s: %s", job_id, status)
-    if job.spec.get("callback_url"):
-        ctx.send(DELIVER_CALLBACK, job_id)
-    return status
+
+def run_evaluation(ctx: WorkerContext, job_id: str) -> JobStatus | None:
+    """Claim and run one evaluation job; returns its final status, or None when there was nothing to do."""
+    return EvaluationRunner(ctx, job_id).run()
 
 
 def write_evaluation_artifacts(

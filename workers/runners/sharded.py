@@ -25,33 +25,31 @@ from typing import Any
 
 import numpy as np
 
-from service.domain.datasets import ArrayDataset, DatasetError, is_builtin
+from service.domain.datasets import ArrayDataset, is_builtin
+from service.domain.jobs import JobStatus
 from service.domain.results import Progress
 from service.domain.specs import EvaluationOptions, EvaluationSpec
-from service.domain.tasks import DELIVER_CALLBACK, RUN_EVALUATION, RUN_EVALUATION_SHARD
+from service.domain.tasks import RUN_EVALUATION, RUN_EVALUATION_SHARD
 from service.errors import NotFound
 from service.settings import Settings
-from service.store.records import utcnow
-from service.store.shards import SHARDED, ShardOutcome, ShardSpan, ShardStore, parse_shard_key, shard_key
+from service.store.records import JobRecord
+from service.store.shards import ShardRecord, ShardSpan, ShardStore, parse_shard_key, shard_key
 from workers.attacks import attack_from_spec
 from workers.context import (
-    INTERNAL_ERROR,
     WorkerContext,
     builtin_dataset,
     job_dataset,
-    job_error,
-    job_heartbeat,
     load_job_model,
     model_record,
 )
 from workers.evaluation import engine as evaluation
-from workers.evaluation.engine import EvaluationCancelled, EvaluationError
+from workers.evaluation.engine import EvaluationCancelled
 from workers.evaluation.robustness import AttackRun
-from workers.models.errors import ModelLoadError
 from workers.models.loading import LoadedModel
+from workers.runners.base import HandedOn, JobRunner, WholeJobRunner
 from workers.runners.evaluation import run_evaluation as run_unsharded
 from workers.runners.evaluation import write_evaluation_artifacts
-from workers.runtime.heartbeat import lease_heartbeat
+from workers.runtime.heartbeat import Heartbeat, lease_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +71,14 @@ def plan_spans(correct: int, batch_size: int, shard_size: int, units_per_sample:
     return spans
 
 
-def run_evaluation(ctx: WorkerContext, job_id: str) -> str | None:
-    """The RUN_EVALUATION task: resume a sharded job, split a large one, or run it whole (`jobs`)."""
+def run_evaluation(ctx: WorkerContext, job_id: str) -> JobStatus | None:
+    """The RUN_EVALUATION task: resume a sharded job, split a large one, or run it whole."""
     shards = ShardStore(ctx.store)
     if shards.get_plan(job_id) is not None:
-        return _resume(ctx, shards, job_id)
+        # Sent again: its merging worker died (lease expired), so merge here or hand it back to its shards.
+        return _Merger(ctx, job_id, shards, held=False).run()
     if _wants_shards(ctx, job_id):
-        return _coordinate(ctx, shards, job_id)
+        return _Coordinator(ctx, job_id, shards).run()
     return run_unsharded(ctx, job_id)
 
 
@@ -97,14 +96,9 @@ def _wants_shards(ctx: WorkerContext, job_id: str) -> bool:
     return samples >= ctx.settings.shard_min_samples
 
 
-def _inputs(
-    ctx: WorkerContext, raw_spec: dict[str, Any]
-) -> tuple[EvaluationSpec, LoadedModel, ArrayDataset, EvaluationOptions]:
-    spec = EvaluationSpec.model_validate(raw_spec)
+def _inputs(ctx: WorkerContext, spec: EvaluationSpec) -> tuple[LoadedModel, ArrayDataset, EvaluationOptions]:
     model = load_job_model(ctx, model_record(ctx.store, spec.model_id))
-    dataset = job_dataset(ctx, spec.dataset_id)
-    options = EvaluationOptions.model_validate(spec.model_dump(include=set(EvaluationOptions.model_fields)))
-    return spec, model, dataset, options
+    return model, job_dataset(ctx, spec.dataset_id), spec.options()
 
 
 def _units_per_sample(options: EvaluationOptions) -> float:
@@ -133,23 +127,25 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 # ---- the coordinator: clean pass, plan, one task per shard -------------------------------------------
 
 
-def _coordinate(ctx: WorkerContext, shards: ShardStore, job_id: str) -> str | None:
-    settings, store = ctx.settings, ctx.store
-    job = store.claim(job_id, worker=ctx.worker, lease_seconds=settings.job_lease_s)
-    if job is None:
-        return None
-    log.info("job %s: claimed by %s to be split into shards", job_id, ctx.worker)
+class _Coordinator(WholeJobRunner):
+    """The clean pass of a large evaluation, then the plan: one task per shard, the job handed to them."""
 
-    heartbeat = job_heartbeat(ctx, job_id)
-    status, error = "failed", None
-    try:
-        with heartbeat:
-            _spec, model, dataset, options = _inputs(ctx, job.spec)
-            x, y, warnings = evaluation._prepare(model, dataset, options)
-            units = _units_per_sample(options)
-            tracker = evaluation._Tracker(heartbeat.update, heartbeat.should_stop)
-            tracker.total = y.shape[0] * (1 + units)
-            clean_pred, zero_grad, bad_grad = evaluation._clean_pass(model, x, y, options.batch_size, tracker)
+    task = RUN_EVALUATION
+    stop_signal = EvaluationCancelled
+
+    def __init__(self, ctx: WorkerContext, job_id: str, shards: ShardStore) -> None:
+        super().__init__(ctx, job_id)
+        self.shards = shards
+
+    def work(self, claim: JobRecord, heartbeat: Heartbeat) -> dict[str, Any] | None:
+        ctx, settings, job_id = self.ctx, self.ctx.settings, self.key
+        spec = EvaluationSpec.model_validate(claim.spec)
+        model, dataset, options = _inputs(ctx, spec)
+        x, y, warnings = evaluation._prepare(model, dataset, options)
+        units = _units_per_sample(options)
+        tracker = evaluation._Tracker(heartbeat.update, heartbeat.should_stop)
+        tracker.total = y.shape[0] * (1 + units)
+        clean_pred, zero_grad, bad_grad = evaluation._clean_pass(model, x, y, options.batch_size, tracker)
         directory = shard_dir(settings, job_id)
         _save_npz(
             directory / "clean.npz",
@@ -166,104 +162,122 @@ def _coordinate(ctx: WorkerContext, shards: ShardStore, job_id: str) -> str | No
         spans = plan_spans(correct, options.batch_size, settings.shard_size, units)
         clean_units = float(y.shape[0])
         total_units = clean_units + correct * units
-        if shards.create_plan(
+        if self.shards.create_plan(
             job_id, coordinator=ctx.worker, spans=spans, clean_units=clean_units, total_units=total_units
         ):
             for index in range(len(spans)):
                 ctx.send(RUN_EVALUATION_SHARD, shard_key(job_id, index))
             log.info("job %s: %d samples in %d shards sent", job_id, y.shape[0], len(spans))
-            return "running"
-        if not store.get_job(job_id).cancel_requested:
-            log.warning("job %s: lease lost before the shards were planned", job_id)
-            return None
-        status = "cancelled"
-    except EvaluationCancelled:
-        stopped = heartbeat.stopped()
-        if stopped is None:
-            store.release(job_id, worker=ctx.worker)
-            ctx.send(RUN_EVALUATION, job_id)
-            return None
-        status, error = stopped
-    except (ModelLoadError, DatasetError, EvaluationError) as exc:
-        log.info("job %s: failed: %s: %s", job_id, type(exc).__name__, exc)
-        error = job_error(type(exc).__name__, str(exc))
-    except Exception:
-        log.exception("job %s: unexpected error", job_id)
-        error = job_error("InternalError", INTERNAL_ERROR)
-    return _end(ctx, job_id, job.spec, status, None, error)
+            raise HandedOn(JobStatus.RUNNING)
+        if ctx.store.get_job(job_id).cancel_requested:
+            raise EvaluationCancelled  # the heartbeat did not ask to stop, so this ends it cancelled
+        log.warning("job %s: lease lost before the shards were planned", job_id)
+        raise HandedOn(None)
+
+    def ended(self, claim: JobRecord, status: JobStatus) -> JobStatus | None:
+        shutil.rmtree(shard_dir(self.ctx.settings, self.key), ignore_errors=True)
+        return super().ended(claim, status)
 
 
-def _end(
-    ctx: WorkerContext,
-    job_id: str,
-    spec: dict[str, Any],
-    status: str,
-    result: dict[str, Any] | None,
-    error: dict[str, Any] | None,
-) -> str | None:
-    """Finish the parent job held by this worker, drop its intermediate arrays, send the callback."""
-    if not ctx.store.finish(job_id, worker=ctx.worker, status=status, result=result, error=error):
-        return None
-    shutil.rmtree(shard_dir(ctx.settings, job_id), ignore_errors=True)
-    if spec.get("callback_url"):
-        ctx.send(DELIVER_CALLBACK, job_id)
-    return status
+class _Merger(_Coordinator):
+    """Put every shard's batches together and reduce them to the report, as `evaluate` does.
 
+    Run by the worker whose shard was the last to succeed (it took the job with a lease when it
+    finished that shard), or by a worker that claimed the job again after that merge was lost; one
+    whose shards are not all done yet is handed back to them.
+    """
 
-def _resume(ctx: WorkerContext, shards: ShardStore, job_id: str) -> str | None:
-    """A sharded job sent again: its merging worker died (lease expired), so merge here or hand it back."""
-    job = ctx.store.claim(job_id, worker=ctx.worker, lease_seconds=ctx.settings.job_lease_s)
-    if job is None:
-        return None
-    plan = shards.get_plan(job_id)
-    if plan is not None and plan.shards_done >= plan.num_shards:
-        return _merge(ctx, shards, job_id)
-    if shards.hand_to_shards(job_id, worker=ctx.worker):
-        for shard in shards.shards(job_id):
-            if shard.status in ("queued", "running"):
-                ctx.send(RUN_EVALUATION_SHARD, shard.key)
-    return "running"
+    def __init__(self, ctx: WorkerContext, job_id: str, shards: ShardStore, *, held: bool) -> None:
+        super().__init__(ctx, job_id, shards)
+        self.held = held
+
+    def claim(self) -> JobRecord | None:
+        return self.ctx.store.get_job(self.key) if self.held else super().claim()
+
+    def work(self, claim: JobRecord, heartbeat: Heartbeat) -> dict[str, Any] | None:
+        ctx, job_id, shards = self.ctx, self.key, self.shards
+        plan = shards.get_plan(job_id)
+        if plan is None or plan.shards_done < plan.num_shards:
+            if shards.hand_to_shards(job_id, worker=ctx.worker):
+                for shard in shards.shards(job_id):
+                    if shard.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+                        ctx.send(RUN_EVALUATION_SHARD, shard.key)
+            raise HandedOn(JobStatus.RUNNING)
+        options = EvaluationSpec.model_validate(claim.spec).options()
+        directory = shard_dir(ctx.settings, job_id)
+        meta = json.loads((directory / "clean.json").read_text())
+        clean = _load_npz(directory / "clean.npz")
+        records = shards.shards(job_id)
+        parts = [_load_npz(directory / f"shard-{record.shard_index}.npz") for record in records]
+        batches = [range(record.batch_start, record.batch_stop) for record in records]
+        runs = merge_runs(options, clean["clean_pred"], batches, parts)
+        started = claim.started_at or claim.created_at
+        outcome = evaluation.summarize(
+            runs, clean["labels"], clean["clean_pred"], clean["zero_grad"], clean["bad_grad"], options,
+            warnings=list(meta["warnings"]), num_classes=int(meta["num_classes"]),
+            model_sha256=meta["model_sha256"], dataset_sha256=meta["dataset_sha256"],
+            seconds=(ctx.store.now() - started).total_seconds(),
+        )  # fmt: skip
+        result = outcome.result.model_dump(mode="json")
+        write_evaluation_artifacts(ctx, job_id, result, outcome.per_sample)
+        log.info("job %s: %d shards merged on %s", job_id, len(records), ctx.worker)
+        return result
 
 
 # ---- a shard ------------------------------------------------------------------------------------------
 
 
-def run_shard(ctx: WorkerContext, key: str) -> str | None:
-    """The RUN_EVALUATION_SHARD task: attack one shard's batches; the last shard to succeed merges."""
-    settings = ctx.settings
-    shards = ShardStore(ctx.store)
-    job_id, index = parse_shard_key(key)
-    shard = shards.claim_shard(job_id, index, worker=ctx.worker, lease_seconds=settings.job_lease_s)
-    if shard is None:
-        shards.settle_shard(job_id, index)
-        log.info("job %s shard %d: not claimed (done, cancelled, or running elsewhere)", job_id, index)
-        return None
+class _Shard(JobRunner[ShardRecord]):
+    """One shard: attack its batches and save its arrays; the last shard to succeed merges."""
 
-    def report(progress: Progress) -> bool:
-        return shards.report_shard_progress(
-            job_id,
-            index,
-            worker=ctx.worker,
-            fraction=progress.fraction,
-            lease_seconds=settings.job_lease_s,
-            stage=progress.stage,
+    task = RUN_EVALUATION_SHARD
+    stop_signal = EvaluationCancelled
+    noun = "a shard"
+
+    def __init__(self, ctx: WorkerContext, key: str) -> None:
+        super().__init__(ctx, key)
+        self.shards = ShardStore(ctx.store)
+        self.job_id, self.index = parse_shard_key(key)
+        self.merge = False
+        self.error: dict[str, Any] | None = None
+
+    def claim(self) -> ShardRecord | None:
+        lease = self.ctx.settings.job_lease_s
+        return self.shards.claim_shard(self.job_id, self.index, worker=self.ctx.worker, lease_seconds=lease)
+
+    def unclaimed(self) -> None:
+        self.shards.settle_shard(self.job_id, self.index)
+        log.info(
+            "job %s shard %d: not claimed (done, cancelled, or running elsewhere)", self.job_id, self.index
         )
 
-    heartbeat = lease_heartbeat(report, settings)
-    status: ShardOutcome = "failed"
-    error: dict[str, str] | None = None
-    try:
-        with heartbeat:
-            job = ctx.store.get_job(job_id)
-            _spec, model, dataset, options = _inputs(ctx, job.spec)
-            x, y, _ = evaluation._prepare(model, dataset, options)
-            clean = _load_npz(shard_dir(settings, job_id) / "clean.npz")
-            tracker = evaluation._Tracker(heartbeat.update, heartbeat.should_stop)
-            tracker.total = shard.units
-            runs = evaluation.attack_runs(
-                model, x, y, clean["clean_pred"], options, tracker,
-                batches=range(shard.batch_start, shard.batch_stop),
-            )  # fmt: skip
+    def heartbeat(self) -> Heartbeat:
+        settings = self.ctx.settings
+
+        def report(progress: Progress) -> bool:
+            return self.shards.report_shard_progress(
+                self.job_id,
+                self.index,
+                worker=self.ctx.worker,
+                fraction=progress.fraction,
+                lease_seconds=settings.job_lease_s,
+                stage=progress.stage,
+            )
+
+        return lease_heartbeat(report, settings)
+
+    def work(self, claim: ShardRecord, heartbeat: Heartbeat) -> dict[str, Any] | None:
+        ctx, settings, job_id = self.ctx, self.ctx.settings, self.job_id
+        job = ctx.store.get_job(job_id)
+        model, dataset, options = _inputs(ctx, EvaluationSpec.model_validate(job.spec))
+        x, y, _ = evaluation._prepare(model, dataset, options)
+        clean = _load_npz(shard_dir(settings, job_id) / "clean.npz")
+        tracker = evaluation._Tracker(heartbeat.update, heartbeat.should_stop)
+        tracker.total = claim.units
+        runs = evaluation.attack_runs(
+            model, x, y, clean["clean_pred"], options, tracker,
+            batches=range(claim.batch_start, claim.batch_stop),
+        )  # fmt: skip
         arrays: dict[str, Any] = {}
         for i, run in enumerate(runs):
             arrays.update(
@@ -278,77 +292,59 @@ def run_shard(ctx: WorkerContext, key: str) -> str | None:
                     f"seconds_{i}": np.array(run.seconds),
                 }
             )
-        _save_npz(shard_dir(settings, job_id) / f"shard-{index}.npz", arrays)
-        status = "succeeded"
-    except EvaluationCancelled:
-        stopped = heartbeat.stopped("a shard")
-        if stopped is None:
-            shards.release_shard(job_id, index, worker=ctx.worker)
-            ctx.send(RUN_EVALUATION_SHARD, key)
-            return None
-        status, error = stopped
-    except (ModelLoadError, DatasetError, EvaluationError) as exc:
-        log.info("job %s shard %d: failed: %s: %s", job_id, index, type(exc).__name__, exc)
-        error = job_error(type(exc).__name__, str(exc))
-    except (NotFound, FileNotFoundError):
-        log.warning("job %s shard %d: its job or clean pass is gone", job_id, index, exc_info=True)
-        status = "cancelled"
-    except Exception:
-        log.exception("job %s shard %d: unexpected error", job_id, index)
-        error = job_error("InternalError", INTERNAL_ERROR)
-
-    applied, merge = shards.finish_shard(
-        job_id, index, worker=ctx.worker, status=status, lease_seconds=settings.job_lease_s, error=error
-    )
-    if not applied:
-        log.warning(
-            "job %s shard %d: ended %s here but the store refused it (lease lost?)", job_id, index, status
-        )
+        _save_npz(shard_dir(settings, job_id) / f"shard-{self.index}.npz", arrays)
         return None
-    log.info("job %s shard %d: %s on %s", job_id, index, status, ctx.worker)
-    if status != "succeeded":
-        # One failed shard fails the job; a cancelled one means the job was cancelled.
-        if shards.end_parent(job_id, status="failed" if status == "failed" else "cancelled", error=error):
-            shutil.rmtree(shard_dir(settings, job_id), ignore_errors=True)
+
+    def settle(self, exc: Exception) -> tuple[JobStatus, dict[str, Any] | None] | None:
+        if isinstance(exc, NotFound | FileNotFoundError):
+            log.warning(
+                "job %s shard %d: its job or clean pass is gone", self.job_id, self.index, exc_info=True
+            )
+            return JobStatus.CANCELLED, None
+        return None
+
+    def release(self) -> None:
+        self.shards.release_shard(self.job_id, self.index, worker=self.ctx.worker)
+
+    def finish(
+        self,
+        claim: ShardRecord,
+        status: JobStatus,
+        result: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+    ) -> bool:
+        applied, self.merge = self.shards.finish_shard(
+            self.job_id,
+            self.index,
+            worker=self.ctx.worker,
+            status=status,
+            lease_seconds=self.ctx.settings.job_lease_s,
+            error=error,
+        )
+        self.error = error
+        return applied
+
+    def ended(self, claim: ShardRecord, status: JobStatus) -> JobStatus | None:
+        if status != JobStatus.SUCCEEDED:
+            # One failed shard fails the job; a cancelled one means the job was cancelled.
+            outcome = JobStatus.FAILED if status == JobStatus.FAILED else JobStatus.CANCELLED
+            if self.shards.end_parent(self.job_id, status=outcome, error=self.error):
+                shutil.rmtree(shard_dir(self.ctx.settings, self.job_id), ignore_errors=True)
+            return status
+        if self.merge:
+            return _Merger(self.ctx, self.job_id, self.shards, held=True).run()
         return status
-    if merge:
-        return _merge(ctx, shards, job_id)
-    return status
+
+    def describe(self, claim: ShardRecord) -> str:
+        return f"job {self.job_id} shard {self.index}"
+
+
+def run_shard(ctx: WorkerContext, key: str) -> JobStatus | None:
+    """The RUN_EVALUATION_SHARD task: attack one shard's batches; the last shard to succeed merges."""
+    return _Shard(ctx, key).run()
 
 
 # ---- the merge ----------------------------------------------------------------------------------------
-
-
-def _merge(ctx: WorkerContext, shards: ShardStore, job_id: str) -> str | None:
-    """Put every shard's batches together and reduce them to the report, as `evaluate` does."""
-    job = ctx.store.get_job(job_id)
-    status, result, error = "failed", None, None
-    try:
-        options = EvaluationOptions.model_validate(
-            EvaluationSpec.model_validate(job.spec).model_dump(include=set(EvaluationOptions.model_fields))
-        )
-        directory = shard_dir(ctx.settings, job_id)
-        meta = json.loads((directory / "clean.json").read_text())
-        clean = _load_npz(directory / "clean.npz")
-        records = shards.shards(job_id)
-        parts = [_load_npz(directory / f"shard-{record.shard_index}.npz") for record in records]
-        batches = [range(record.batch_start, record.batch_stop) for record in records]
-        runs = merge_runs(options, clean["clean_pred"], batches, parts)
-        started = job.started_at or job.created_at
-        outcome = evaluation.summarize(
-            runs, clean["labels"], clean["clean_pred"], clean["zero_grad"], clean["bad_grad"], options,
-            warnings=list(meta["warnings"]), num_classes=int(meta["num_classes"]),
-            model_sha256=meta["model_sha256"], dataset_sha256=meta["dataset_sha256"],
-            seconds=(utcnow() - started).total_seconds(),
-        )  # fmt: skip
-        result = outcome.result.model_dump(mode="json")
-        write_evaluation_artifacts(ctx, job_id, result, outcome.per_sample)
-        status = "succeeded"
-        log.info("job %s: %d shards merged on %s", job_id, len(records), ctx.worker)
-    except Exception:
-        log.exception("job %s: the merge of its shards failed", job_id)
-        error = job_error("InternalError", INTERNAL_ERROR)
-    return _end(ctx, job_id, job.spec, status, result, error)
 
 
 def merge_runs(
@@ -386,4 +382,4 @@ def merge_runs(
     return runs
 
 
-__all__ = ["SHARDED", "merge_runs", "plan_spans", "run_evaluation", "run_shard", "shard_dir"]
+__all__ = ["merge_runs", "plan_spans", "run_evaluation", "run_shard", "shard_dir"]

@@ -1,6 +1,6 @@
 """What the worker does for an adversarial-training job, kept out of the thin Celery task.
 
-Idempotent like `workers.jobs`: `claim` decides whether a delivery has anything to do. A job's
+Idempotent like every runner (`base.py`): `claim` decides whether a delivery has anything to do. A job's
 checkpoints live in a folder of the data directory named after the job, so a delivery after a worker
 died mid-training (on this or another worker sharing the data directory) continues from the last
 checkpoint instead of starting over. The robustified model is registered once per job: the id is
@@ -13,24 +13,19 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
-from service.domain.datasets import ArrayDataset, DatasetError
-from service.domain.specs import TrainingOptions, TrainingSpec
-from service.domain.tasks import DELIVER_CALLBACK, RUN_TRAINING
+from service.domain.datasets import ArrayDataset
+from service.domain.jobs import JobStatus
+from service.domain.specs import TrainingSpec
+from service.domain.tasks import RUN_TRAINING
 from service.errors import NotFound
 from service.store.records import JobRecord, ModelRecord
-from workers.context import (
-    INTERNAL_ERROR,
-    WorkerContext,
-    job_dataset,
-    job_error,
-    job_heartbeat,
-    model_record,
-    requested_output,
-)
-from workers.models.errors import ModelLoadError
+from workers.context import WorkerContext, job_dataset, model_record, requested_output
 from workers.models.loading import LoadedModel, load_model
-from workers.training import TrainingCancelled, TrainingError, TrainingOutcome, split_validation, train
+from workers.runners.base import WholeJobRunner
+from workers.runtime.heartbeat import Heartbeat
+from workers.training import TrainingCancelled, TrainingOutcome, split_validation, train
 
 log = logging.getLogger(__name__)
 
@@ -42,75 +37,51 @@ def work_dir(ctx: WorkerContext, job_id: str) -> Path:
     return ctx.settings.data_dir / "training" / job_id
 
 
-def run_training(ctx: WorkerContext, job_id: str) -> str | None:
-    """Claim and run one training job; returns its final status, or None when there was nothing to do."""
-    settings, store = ctx.settings, ctx.store
-    job = store.claim(job_id, worker=ctx.worker, lease_seconds=settings.job_lease_s)
-    if job is None:
-        log.info("job %s: not claimed (finished, cancelled, or running on another worker)", job_id)
-        return None
-    log.info("job %s: claimed by %s (attempt %d)", job_id, ctx.worker, job.attempts)
+class TrainingRunner(WholeJobRunner):
+    """An adversarial training: train from the checkpoint if any, register the model, write artifacts."""
 
-    heartbeat = job_heartbeat(ctx, job_id)
-    folder = work_dir(ctx, job_id)
-    status, result, error = "failed", None, None
-    model_id = job.spec.get("model_id")
-    try:
-        with heartbeat:
-            spec = TrainingSpec.model_validate(job.spec)
-            record = model_record(store, spec.model_id)
-            model = _fresh_model(ctx, record)
-            train_data, val_data = _data(ctx, spec)
-            options = TrainingOptions.model_validate(
-                spec.model_dump(include=set(TrainingOptions.model_fields))
-            )
-            log.info(
-                "job %s: %s training of model %s (sha256 %s) on %s (%d samples), validation %s (%d)",
-                job_id, spec.method, record.id, record.sha256, spec.dataset_id, train_data.num_samples,
-                spec.validation_dataset_id or "held out", val_data.num_samples,
-            )  # fmt: skip
-            outcome = train(
-                model,
-                train_data,
-                val_data,
-                options,
-                checkpoint_dir=folder / "checkpoint",
-                export_dir=folder / "export",
-                progress=heartbeat.update,
-                should_stop=heartbeat.should_stop,
-            )
-            if outcome.result.resumed:
-                log.info("job %s: resumed from its checkpoint", job_id)
-            new_model = _register(ctx, job, record, outcome, folder)
+    task = RUN_TRAINING
+    stop_signal = TrainingCancelled
+
+    def work(self, claim: JobRecord, heartbeat: Heartbeat) -> dict[str, Any]:
+        ctx, job_id = self.ctx, self.key
+        folder = work_dir(ctx, job_id)
+        spec = TrainingSpec.model_validate(claim.spec)
+        record = model_record(ctx.store, spec.model_id)
+        model = _fresh_model(ctx, record)
+        train_data, val_data = _data(ctx, spec)
+        log.info(
+            "job %s: %s training of model %s (sha256 %s) on %s (%d samples), validation %s (%d)",
+            job_id, spec.method, record.id, record.sha256, spec.dataset_id, train_data.num_samples,
+            spec.validation_dataset_id or "held out", val_data.num_samples,
+        )  # fmt: skip
+        outcome = train(
+            model,
+            train_data,
+            val_data,
+            spec.options(),
+            checkpoint_dir=folder / "checkpoint",
+            export_dir=folder / "export",
+            progress=heartbeat.update,
+            should_stop=heartbeat.should_stop,
+        )
+        if outcome.result.resumed:
+            log.info("job %s: resumed from its checkpoint", job_id)
+        new_model = _register(ctx, claim, record, outcome, folder)
         result = outcome.result.model_copy(update={"model_id": new_model.id}).model_dump(mode="json")
         _write_artifacts(ctx, job_id, result, new_model, outcome)
-        status = "succeeded"
-    except TrainingCancelled:
-        stopped = heartbeat.stopped()
-        if stopped is None:
-            # Hand the job back; its checkpoint stays, so the next delivery continues from it.
-            store.release(job_id, worker=ctx.worker)
-            ctx.send(RUN_TRAINING, job_id)
-            log.info("job %s: handed back to the queue (worker shutting down)", job_id)
-            return None
-        status, error = stopped
-    except (ModelLoadError, DatasetError, TrainingError) as exc:
-        log.info("job %s: training of model %s failed: %s: %s", job_id, model_id, type(exc).__name__, exc)
-        error = job_error(type(exc).__name__, str(exc))
-    except Exception:
-        log.exception("job %s: unexpected error while training model %s", job_id, model_id)
-        error = job_error("InternalError", INTERNAL_ERROR)
+        return result
 
-    finished = store.finish(job_id, worker=ctx.worker, status=status, result=result, error=error)
-    if not finished:
-        # Lease lost (another worker took the job over): its checkpoints are that worker's now.
-        log.warning("job %s: ended %s here but the store refused the result (lease lost?)", job_id, status)
-        return None
-    shutil.rmtree(folder, ignore_errors=True)  # the job has ended: nothing will resume from it
-    log.info("job %s: %s", job_id, status)
-    if job.spec.get("callback_url"):
-        ctx.send(DELIVER_CALLBACK, job_id)
-    return status
+    def ended(self, claim: JobRecord, status: JobStatus) -> JobStatus | None:
+        # The job has ended: nothing will resume from its checkpoints. (When the finish is refused the
+        # job is another worker's, and so are its checkpoints: `ended` is not called then.)
+        shutil.rmtree(work_dir(self.ctx, self.key), ignore_errors=True)
+        return super().ended(claim, status)
+
+
+def run_training(ctx: WorkerContext, job_id: str) -> JobStatus | None:
+    """Claim and run one training job; returns its final status, or None when there was nothing to do."""
+    return TrainingRunner(ctx, job_id).run()
 
 
 def _fresh_model(ctx: WorkerContext, record: ModelRecord) -> LoadedModel:

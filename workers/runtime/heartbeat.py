@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
+from service.domain.jobs import ErrorType, JobStatus, job_error
 from service.domain.results import Progress
 from service.settings import Settings
 
 StopReason = Literal["stop_requested", "time_limit", "shutdown"]
 # The status a stopped run ends with, and its error (a time limit) or None (a cancel).
-StopOutcome = tuple[Literal["failed", "cancelled"], dict[str, str] | None]
+StopOutcome = tuple[JobStatus, dict[str, str] | None]
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,8 @@ class Heartbeat:
             return None
         if self.stop_reason == "time_limit":
             detail = f"{what} exceeded the time limit of {self.time_limit_s:g} s"
-            return "failed", {"type": "TimeLimitExceeded", "detail": detail}
-        return "cancelled", None
+            return JobStatus.FAILED, job_error(ErrorType.TIME_LIMIT_EXCEEDED, detail)
+        return JobStatus.CANCELLED, None
 
     def _run(self) -> None:
         last_write = time.monotonic()

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from service.domain.jobs import JobStatus
 from service.domain.tasks import RUN_EVALUATION, RUN_EVALUATION_SHARD, RUN_TRAINING, VALIDATE_MODEL
 from service.store.jobs import JobStore
 from service.store.shards import ShardStore
@@ -72,7 +73,11 @@ class Reconciler:
             task = TASK_FOR_KIND.get(job.kind)
             if task is None or job.id in self._sent_at:
                 continue
-            why = "its worker stopped renewing the lease" if job.status == "running" else "queued for long"
+            why = (
+                "its worker stopped renewing the lease"
+                if job.status == JobStatus.RUNNING
+                else "queued for long"
+            )
             log.info("reconciler: sending job %s again (%s)", job.id, why)
             self.send(task, job.id)
             self._sent_at[job.id] = now

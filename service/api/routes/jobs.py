@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse
 from service.api.deps import ArtifactsDep, JobStoreDep, OwnerDep
 from service.api.schemas import ArtifactOut, JobOut, JobPage, Problem
 from service.api.ui.report import html_report
+from service.domain.jobs import JobStatus
 from service.errors import JobNotFinished, NotFound
 from service.reports import PIPELINE_MEDIA_TYPES, pipeline_report
 
@@ -66,11 +67,11 @@ def get_report(
 ) -> dict[str, Any] | Response:
     """The report of a succeeded job: the result (json), JUnit XML, a Markdown summary or an HTML page."""
     job = store.get_job(job_id, owner=owner)
-    if job.status != "succeeded" or job.result is None:
-        if job.status == "failed":
+    if job.status != JobStatus.SUCCEEDED or job.result is None:
+        if job.status == JobStatus.FAILED:
             detail = (job.error or {}).get("detail", "no reason was recorded")
             raise JobNotFinished(f"job {job_id} failed, so it has no report: {detail}")
-        if job.status == "cancelled":
+        if job.status == JobStatus.CANCELLED:
             raise JobNotFinished(f"job {job_id} was cancelled, so it has no report")
         raise JobNotFinished(f"job {job_id} is {job.status}; its report is ready once it has succeeded")
     if format == "json":
@@ -84,7 +85,7 @@ def get_report(
 def list_artifacts(
     job_id: str, store: JobStoreDep, artifacts: ArtifactsDep, owner: OwnerDep
 ) -> list[ArtifactOut]:
-    """The files a job wrote (reports, adversarial examples, trained models): a list, as API.md says."""
+    """The files a job wrote (reports, adversarial examples, trained models): a list, as the v1 contract says."""
     store.get_job(job_id, owner=owner)
     return [ArtifactOut.of(job_id, a) for a in artifacts.list_job_artifacts(job_id)]
 

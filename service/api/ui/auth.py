@@ -3,7 +3,7 @@ an `Authorization: Bearer` header, resolved to its owner.
 
 Keys are checked by the callable on `app.state.key_resolver` (key -> owner, or None for an unknown
 key), which `create_app()` takes from the key ring (`service.auth`). With no key anywhere the service
-is open (loopback use, see API.md) and every visitor is the same owner as an unauthenticated API call,
+is open (loopback use, see docs/api.md) and every visitor is the same owner as an unauthenticated API call,
 `service.api.deps.get_owner()`.
 """
 

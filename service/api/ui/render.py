@@ -22,8 +22,9 @@ from markupsafe import Markup
 from service.api.ui.evaluation_view import evaluation_view
 from service.api.ui.examples import ExampleGrid
 from service.api.ui.training_view import training_view
+from service.domain.jobs import JobStatus
 from service.store.artifacts import ArtifactInfo
-from service.store.records import TERMINAL_STATUSES, JobRecord
+from service.store.records import JobRecord
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
@@ -67,7 +68,7 @@ def render_job_page(inputs: PageInputs, *, standalone: bool, show_logout: bool =
         "job": job,
         "names": inputs.names,
         "links": Links(standalone),
-        "terminal": job.status in TERMINAL_STATUSES,
+        "terminal": job.terminal,
         "spec_json": json.dumps(job.spec, indent=2, sort_keys=True, default=str),
         "artifacts": list(inputs.artifacts),
         "model_files": [a for a in inputs.artifacts if a.name in _MODEL_FILES],
@@ -78,7 +79,7 @@ def render_job_page(inputs: PageInputs, *, standalone: bool, show_logout: bool =
         "progress": job.progress or {},
         "show_logout": show_logout and not standalone,
     }
-    if result is not None and job.status == "succeeded":
+    if result is not None and job.status == JobStatus.SUCCEEDED:
         if job.kind == "training":
             context["training"] = training_view(result)
         else:

@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse
 from service.api.ui.examples import load_example_grid
 from service.api.ui.render import Names, PageInputs, render_job_page, standalone_csp
 from service.domain.artifacts import EXAMPLES_ARTIFACT
+from service.domain.jobs import JobStatus
 from service.errors import NotFound
 from service.store.artifacts import ArtifactStore
 from service.store.jobs import JobStore
@@ -20,7 +21,7 @@ from service.store.records import JobRecord
 def page_inputs(job: JobRecord, store: JobStore, artifacts: ArtifactStore) -> PageInputs:
     """Everything `render_job_page` needs about one job, looked up with the job's own owner."""
     grid = None
-    if job.status == "succeeded" and job.kind == "evaluation":
+    if job.status == JobStatus.SUCCEEDED and job.kind == "evaluation":
         grid = load_example_grid(artifacts.job_artifact_path(job.id, EXAMPLES_ARTIFACT))
     return PageInputs(
         job=job,

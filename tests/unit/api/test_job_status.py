@@ -8,6 +8,9 @@ import pytest
 
 from service.api.job_status import JobStatusFastPath
 from service.auth import bearer_token, hash_key
+from service.domain.jobs import JobStatus
+from service.domain.results import Progress
+from service.store.shards import ShardSpan, ShardStore
 from tests.unit.api_helpers import Api, assert_problem, make_api
 
 KEY_A, KEY_B = "pk_fast-path-alice-0123456789", "pk_fast-path-bob-9876543210"
@@ -46,6 +49,61 @@ def test_the_fast_path_answers_byte_for_byte_what_the_route_answers(
         assert done.json()["result"] == result and done.json()["status"] == "succeeded"
         # It did come from the fast path: the middleware answers on its own.
         assert _fast_path(api).read(job.id, "") == done.content
+
+
+def _route_response(api: Api, path: str, monkeypatch: pytest.MonkeyPatch) -> tuple[bytes, dict[str, str]]:
+    with monkeypatch.context() as patch:
+        patch.setattr(_fast_path(api), "read", lambda job_id, key: None)
+        response = api.client.get(path)
+    assert response.status_code == 200
+    return response.content, dict(response.headers)
+
+
+@pytest.mark.parametrize("status", [s.value for s in JobStatus] + ["sharded", "reused"])
+def test_both_paths_give_identical_bodies_and_headers_in_every_state(
+    api: Api, monkeypatch: pytest.MonkeyPatch, status: str
+) -> None:
+    store = api.store
+    job, _ = store.create_job(owner="local", kind="evaluation", spec={"model_id": "mdl_x", "eps": [0.1]})
+    if status == "reused":
+        assert store.claim(job.id, worker="w", lease_seconds=60)
+        assert store.finish(job.id, worker="w", status=JobStatus.SUCCEEDED, result={"clean_accuracy": 1.0})
+        job, _ = store.create_job(owner="local", kind="evaluation", spec={}, reuse=store.get_job(job.id))
+    elif status != "queued":
+        assert store.claim(job.id, worker="w", lease_seconds=60)
+        store.report_progress(
+            job.id, worker="w", progress=Progress(fraction=0.25, stage="é"), lease_seconds=60
+        )
+    if status == "sharded":
+        assert ShardStore(store).create_plan(
+            job.id, coordinator="w", spans=[ShardSpan(0, 1, 1.0)], clean_units=1.0, total_units=2.0
+        )
+    elif status in ("succeeded", "failed"):
+        error = None if status == "succeeded" else {"type": "DatasetError", "detail": "gone </script>"}
+        result = {"clean_accuracy": 0.5} if status == "succeeded" else None
+        assert store.finish(job.id, worker="w", status=JobStatus(status), result=result, error=error)
+    elif status == "cancelled":
+        store.request_cancel(job.id, owner="local")
+        store.release(job.id, worker="w")
+    assert store.get_job(job.id).status == (
+        "running" if status == "sharded" else status.replace("reused", "succeeded")
+    )
+    path = f"/v1/jobs/{job.id}"
+    fast = api.client.get(path)
+    assert _fast_path(api).read(job.id, "") == fast.content  # it did come from the fast path
+    body, headers = _route_response(api, path, monkeypatch)
+    assert fast.content == body
+    assert dict(fast.headers) == headers
+
+
+def test_a_query_string_goes_to_the_route(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    job, _ = api.store.create_job(owner="local", kind="evaluation", spec={})
+    seen: list[str] = []
+    monkeypatch.setattr(_fast_path(api), "read", lambda job_id, key: seen.append(job_id))
+    assert api.client.get(f"/v1/jobs/{job.id}?x=1").status_code == 200
+    assert seen == []
+    api.client.get(f"/v1/jobs/{job.id}")
+    assert seen == [job.id]
 
 
 def test_the_route_answers_what_the_fast_path_does_not(tmp_path: Path) -> None:

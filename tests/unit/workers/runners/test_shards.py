@@ -18,7 +18,7 @@ import pytest
 
 from service.domain.tasks import RUN_EVALUATION_SHARD
 from service.settings import Settings
-from service.store.shards import SHARDED, ShardSpan, ShardStore, parse_shard_key, shard_key
+from service.store.shards import ShardSpan, ShardStore, parse_shard_key, shard_key
 from tests.workerkit import Sent, worker_context
 from workers.context import WorkerContext
 from workers.runners import sharded as shards
@@ -141,7 +141,7 @@ def test_sharded_evaluation_merges_into_the_single_worker_report(
     job_id = _job(ctx, model_id)
     assert shards.run_evaluation(ctx, job_id) == "running"
     job = ctx.store.get_job(job_id)
-    assert (job.status, job.worker, job.lease_until) == ("running", SHARDED, None)
+    assert (job.status, job.phase, job.worker, job.lease_until) == ("running", "sharded", None, None)
     keys = _shard_keys(ctx)
     store = ShardStore(ctx.store)
     assert len(keys) == store.get_plan(job_id).num_shards > 2  # type: ignore[union-attr]
