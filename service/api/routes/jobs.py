@@ -85,7 +85,7 @@ def get_report(
 def list_artifacts(
     job_id: str, store: JobStoreDep, artifacts: ArtifactsDep, owner: OwnerDep
 ) -> list[ArtifactOut]:
-    """The files a job wrote (reports, adversarial examples, trained models): a list, as the v1 contract says."""
+    """The files a job wrote (reports, adversarial examples, trained models), as a list."""
     store.get_job(job_id, owner=owner)
     return [ArtifactOut.of(job_id, a) for a in artifacts.list_job_artifacts(job_id)]
 
