@@ -42,8 +42,8 @@ def require_install(command: str) -> None:
         return
     # The worker extra includes the server's packages, so one install always covers what is missing.
     extra = "worker" if set(missing) & set(ENGINE_MODULES) else "server"
+    named = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
     verb = "is" if len(missing) == 1 else "are"
     raise CommandError(
-        f"parry {command} needs the {extra} install ({', '.join(missing)} {verb} not installed): "
-        f"{install_command(extra)}"
+        f"parry {command} needs the {extra} install ({named} {verb} not installed): {install_command(extra)}"
     )
