@@ -1,6 +1,9 @@
-"""Request counters and latency histograms, rendered in the Prometheus text format (version 0.0.4).
+"""Request counters and latency histograms, exposed by `prometheus_client` in the text format 0.0.4.
 
-Hand-written to keep the API's dependencies small: a few counters under a lock are all it needs.
+The counts live here, and a custom collector hands them to the library at each scrape, for two reasons:
+each app gets its own registry (tests build many apps in one process; the library's default registry is
+global), and the exposition stays what it has always been: no `_created` series, and bucket bounds
+written as `le="1"`, not the library's `le="1.0"`, so dashboards and recording rules keep matching.
 """
 
 from __future__ import annotations
@@ -8,19 +11,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _labels(**labels: str) -> str:
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
 
 
 class Metrics:
@@ -45,51 +43,61 @@ class Metrics:
             self._count[key] += 1
 
     def render(self, *, jobs_by_status: Mapping[str, int] | None, queue_depth: int | None) -> str:
-        lines = [
-            "# HELP parry_http_requests_total HTTP requests by method, route template and status.",
-            "# TYPE parry_http_requests_total counter",
-        ]
+        """The exposition of one scrape; None for what did not answer it (the store, the broker)."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Scrape(self._families(), jobs_by_status=jobs_by_status, queue_depth=queue_depth))
+        return generate_latest(registry).decode()
+
+    def _families(self) -> list[Metric]:
+        requests = CounterMetricFamily(
+            "parry_http_requests_total",
+            "HTTP requests by method, route template and status.",
+            labels=("method", "route", "status"),
+        )
+        latency = HistogramMetricFamily(
+            "parry_http_request_duration_seconds",
+            "HTTP request latency by method and route.",
+            labels=("method", "route"),
+        )
         with self._lock:
-            for (method, route, status), n in sorted(self._requests.items()):
-                lines.append(
-                    f"parry_http_requests_total{_labels(method=method, route=route, status=status)} {n}"
-                )
-            lines += [
-                "# HELP parry_http_request_duration_seconds HTTP request latency by method and route.",
-                "# TYPE parry_http_request_duration_seconds histogram",
-            ]
+            for labels, n in sorted(self._requests.items()):
+                requests.add_metric(labels, n)
             for (method, route), buckets in sorted(self._buckets.items()):
-                for bound, n in zip(BUCKETS, buckets, strict=True):
-                    labels = _labels(method=method, route=route, le=f"{bound:g}")
-                    lines.append(f"parry_http_request_duration_seconds_bucket{labels} {n}")
                 count = self._count[(method, route)]
-                labels = _labels(method=method, route=route, le="+Inf")
-                lines.append(f"parry_http_request_duration_seconds_bucket{labels} {count}")
-                base = _labels(method=method, route=route)
-                lines.append(
-                    f"parry_http_request_duration_seconds_sum{base} {self._sum[(method, route)]:.6f}"
+                bounds = [(f"{bound:g}", float(n)) for bound, n in zip(BUCKETS, buckets, strict=True)]
+                latency.add_metric(
+                    (method, route), [*bounds, ("+Inf", float(count))], round(self._sum[(method, route)], 6)
                 )
-                lines.append(f"parry_http_request_duration_seconds_count{base} {count}")
-        if jobs_by_status is not None:
-            lines += ["# HELP parry_jobs Jobs in the store by status.", "# TYPE parry_jobs gauge"]
-            for status, n in sorted(jobs_by_status.items()):
-                lines.append(f"parry_jobs{_labels(status=status)} {n}")
-        if queue_depth is not None:
-            lines += [
-                "# HELP parry_queue_depth Task messages waiting in the broker queue.",
-                "# TYPE parry_queue_depth gauge",
-                f"parry_queue_depth {queue_depth}",
-            ]
-        up = 1 if jobs_by_status is not None else 0
-        lines += [
-            "# HELP parry_store_up Whether the job store answered this scrape.",
-            "# TYPE parry_store_up gauge",
-            f"parry_store_up {up}",
-            "# HELP parry_broker_up Whether the broker answered this scrape.",
-            "# TYPE parry_broker_up gauge",
-            f"parry_broker_up {1 if queue_depth is not None else 0}",
-        ]
-        return "\n".join(lines) + "\n"
+        return [requests, latency]
+
+
+class _Scrape(Collector):
+    """The request metrics, then what this scrape found in the store and the broker."""
+
+    def __init__(
+        self, requests: list[Metric], *, jobs_by_status: Mapping[str, int] | None, queue_depth: int | None
+    ) -> None:
+        self._requests = requests
+        self._jobs = jobs_by_status
+        self._depth = queue_depth
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._requests
+        if self._jobs is not None:
+            jobs = GaugeMetricFamily("parry_jobs", "Jobs in the store by status.", labels=("status",))
+            for status, n in sorted(self._jobs.items()):
+                jobs.add_metric((status,), n)
+            yield jobs
+        if self._depth is not None:
+            yield GaugeMetricFamily(
+                "parry_queue_depth", "Task messages waiting in the broker queue.", value=self._depth
+            )
+        yield GaugeMetricFamily(
+            "parry_store_up", "Whether the job store answered this scrape.", value=int(self._jobs is not None)
+        )
+        yield GaugeMetricFamily(
+            "parry_broker_up", "Whether the broker answered this scrape.", value=int(self._depth is not None)
+        )
 
 
 class MetricsMiddleware:

@@ -23,7 +23,7 @@ from service.cli.client import TERMINAL_JOB_STATUSES, ClientError, ParryClient, 
 from service.cli.config import CheckConfigError
 from service.cli.progress import JobProgressDisplay
 from service.domain.attack_syntax import AttackSyntaxError, describe_validation_error
-from service.domain.datasets import DatasetError, is_builtin
+from service.domain.builtins import DatasetError, is_builtin
 from service.domain.verdicts import BaselineError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR = 0, 1, 2

@@ -1,40 +1,19 @@
 """`parry keys create | list | revoke`: manage the API keys kept in the database (operator side).
 
-These commands talk to the database named by the settings (PARRY_DATABASE_URL or the SQLite file in
+The parser is in service/cli/main.py, so the client install builds it without the store. These commands
+talk to the database named by the settings (PARRY_DATABASE_URL or the SQLite file in
 PARRY_DATA_DIR), not to a running server: a running API sees a new or revoked key on its next request.
 A new key is printed once; only its sha256 is stored.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import TypeAlias
 
 from service.auth import LOCAL_OWNER, hash_key, new_api_key
 from service.errors import NotFound
 from service.settings import Settings, get_settings
 from service.store.jobs import JobStore
-
-Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # not subscriptable at run time
-
-
-def add_keys_commands(commands: Commands) -> None:
-    keys = commands.add_parser(
-        "keys",
-        help="create, list or revoke API keys (in the server's database)",
-        description="Manage API keys. Each key owns what it creates; another key sees none of it.",
-    )
-    actions = keys.add_subparsers(title="actions", metavar="ACTION")
-    create = actions.add_parser("create", help="make a new key and print it (once)")
-    create.add_argument("--name", default="", help="a label to tell keys apart (default: the key's id)")
-    create.set_defaults(run=_create)
-    listing = actions.add_parser("list", help="list keys: id, name, created, revoked (never the keys)")
-    listing.set_defaults(run=_list)
-    revoke = actions.add_parser("revoke", help="revoke a key by its id; requests with it get 401 at once")
-    revoke.add_argument("key_id", metavar="ID")
-    revoke.set_defaults(run=_revoke)
-    keys.set_defaults(run=lambda _args: _usage(keys))
 
 
 def _store(settings: Settings | None = None) -> JobStore:
@@ -43,12 +22,12 @@ def _store(settings: Settings | None = None) -> JobStore:
     return store
 
 
-def _create(args: argparse.Namespace) -> int:
+def create(*, name: str) -> int:
     store = _store()
     try:
         was_open = not store.has_api_keys()
         key = new_api_key()
-        record = store.add_api_key(name=args.name or "", key_sha256=hash_key(key))
+        record = store.add_api_key(name=name, key_sha256=hash_key(key))
     finally:
         store.dispose()
     print(key)  # noqa: T201 - the one output a script captures
@@ -63,7 +42,7 @@ def _create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _list(_args: argparse.Namespace) -> int:
+def list_keys() -> int:
     store = _store()
     try:
         records = store.list_api_keys()
@@ -78,10 +57,10 @@ def _list(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _revoke(args: argparse.Namespace) -> int:
+def revoke(key_id: str) -> int:
     store = _store()
     try:
-        record = store.revoke_api_key(args.key_id)
+        record = store.revoke_api_key(key_id)
     except NotFound as exc:
         _err(f"parry: {exc}")
         return 2
@@ -89,11 +68,6 @@ def _revoke(args: argparse.Namespace) -> int:
         store.dispose()
     _err(f"revoked API key {record.id} (at {record.revoked_at:%Y-%m-%d %H:%M:%S}Z)")
     return 0
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def _err(text: str) -> None:

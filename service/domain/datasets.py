@@ -1,6 +1,8 @@
 """Datasets as arrays: `.npz` uploads (pickles refused) and the built-ins that ship inside packages.
 
-NumPy only, so the API can check an upload without TensorFlow.
+NumPy only, so the API can check an upload without TensorFlow. The built-ins' ids and metadata, and
+`DatasetError`, live in the standard-library-only `service.domain.builtins`, which the CLI imports
+instead of this module; they are re-exported here for the API and the workers.
 """
 
 from __future__ import annotations
@@ -14,16 +16,15 @@ from typing import IO
 
 import numpy as np
 
+from service.domain.builtins import BUILTINS as BUILTINS
+from service.domain.builtins import SPLITS as SPLITS
+from service.domain.builtins import DatasetError as DatasetError
+from service.domain.builtins import is_builtin as is_builtin
+from service.domain.builtins import parse_builtin
 from service.vetting.archives import ArchiveError, check_archive
 
-BUILTINS = ("mnist-5k", "digits")
-SPLITS = ("train", "test")
 _SPLIT_SEED = 20240601  # fixed forever: changing it changes every builtin:*:train/test id's contents
 _TRAIN_FRACTION = 0.8
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used; the message is one sentence a user can act on."""
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,6 @@ class ArrayDataset:
         if n is None or n >= self.num_samples:
             return self
         return ArrayDataset(self.x[:n], self.y[:n], self.sha256, self.name)
-
-
-def is_builtin(ref: str) -> bool:
-    return ref.startswith("builtin:")
 
 
 def load_dataset(ref: str | Path) -> ArrayDataset:
@@ -177,14 +174,8 @@ def _labels(y: np.ndarray, *, n: int) -> np.ndarray:
 
 
 def load_builtin(ref: str) -> ArrayDataset:
-    parts = ref.split(":")
-    if len(parts) not in (2, 3) or parts[0] != "builtin" or parts[1] not in BUILTINS:
-        known = ", ".join(f"builtin:{b}[:train|:test]" for b in BUILTINS)
-        raise DatasetError(f"unknown built-in dataset {ref!r}; known: {known}")
-    split = parts[2] if len(parts) == 3 else None
-    if split is not None and split not in SPLITS:
-        raise DatasetError(f"unknown split {split!r} in {ref!r}; use :train or :test")
-    x, y = _builtin_arrays(parts[1])
+    source, split = parse_builtin(ref)
+    x, y = _builtin_arrays(source)
     if split is not None:
         order = np.random.default_rng(_SPLIT_SEED).permutation(len(x))
         cut = int(round(_TRAIN_FRACTION * len(x)))

