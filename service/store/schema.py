@@ -106,6 +106,9 @@ jobs_table = sa.Table(
     # result was given.
     sa.Column("cache_key", sa.String(64)),
     sa.Column("reused_from", sa.String(64)),
+    # NULL for a job that runs whole; "sharded" for an evaluation whose shards carry the leases
+    # (workers/runners/sharded.py). Migration 0002 backfills it from the worker sentinel '(shards)'.
+    sa.Column("phase", sa.String(16)),
     # NULL keys are distinct in both SQLite and PostgreSQL, so jobs without a key never collide.
     sa.UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
     sa.Index("ix_jobs_owner_seq", "owner", "seq"),

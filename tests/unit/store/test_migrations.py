@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -65,7 +66,7 @@ def _differences(store: JobStore) -> list[Any]:
 def test_the_migrations_form_one_line_from_the_baseline() -> None:
     script = ScriptDirectory.from_config(migrations.alembic_config())
     assert [r.revision for r in script.walk_revisions("base", "heads")][-1] == migrations.BASELINE
-    assert HEAD == migrations.BASELINE
+    assert HEAD == "0002_jobs_phase"
 
 
 def test_a_new_database_goes_straight_to_head(store: JobStore) -> None:
@@ -102,10 +103,14 @@ def test_a_database_made_by_an_older_release_keeps_every_row(store: JobStore, re
             assert [{k: r[k] for k in keys if k in rows[table.name][0]} for r in kept] == rows[table.name]
         models = sa.table("models", sa.column("trainable"), sa.column("validation_attempts"))
         model = conn.execute(sa.select(models)).one()
+        jobs = sa.table("jobs", sa.column("id"), sa.column("phase"))
+        phases = {r.id: r.phase for r in conn.execute(sa.select(jobs))}
     if release == "fbde16a":  # the columns it lacked, with their defaults
         assert (model.trainable, model.validation_attempts) == (None, 0)
     else:
         assert (model.trainable, model.validation_attempts) == (True, 1)
+    assert phases.pop("job_sharded") == "sharded"
+    assert set(phases.values()) == {None}
     # The store reads the upgraded rows (aware UTC datetimes, JSON, the sentinel it still writes).
     sharded = store.get_job("job_sharded")
     assert sharded.worker == "(shards)" and sharded.started_at is not None and sharded.started_at.tzinfo
@@ -135,9 +140,9 @@ def test_the_migrated_schema_is_the_schema_the_code_declares(store: JobStore, re
 def test_a_column_declared_without_a_migration_is_found(store: JobStore) -> None:
     store.create_schema()
     with store.engine.begin() as conn:
-        conn.execute(sa.text("ALTER TABLE jobs DROP COLUMN reused_from"))
+        conn.execute(sa.text("ALTER TABLE jobs DROP COLUMN phase"))
     differences = _differences(store)
-    assert [(d[0], d[2], d[3].name) for d in differences] == [("add_column", "jobs", "reused_from")]
+    assert [(d[0], d[2], d[3].name) for d in differences] == [("add_column", "jobs", "phase")]
 
 
 @pytest.mark.parametrize("release", [None, "fbde16a"])
@@ -169,3 +174,16 @@ def test_two_processes_starting_at_once_both_migrate_once(url: str, release: str
     finally:
         for s in stores:
             s.dispose()
+
+
+def test_the_phase_migration_downgrades_and_upgrades_again(store: JobStore) -> None:
+    create_old_database(store.engine, "816b7be")
+    store.create_schema()
+    with store.engine.begin() as conn:
+        command.downgrade(migrations.alembic_config(conn), migrations.BASELINE)
+    assert _revision(store) == migrations.BASELINE and "phase" not in _columns(store)["jobs"]
+    store.create_schema()
+    # SQLite rebuilt the jobs table to drop the column: its rows, indexes and constraints are back.
+    assert _revision(store) == HEAD and _differences(store) == []
+    assert store.get_job("job_sharded").worker == "(shards)"
+    assert len(store.list_jobs("local", limit=50)[0]) == 7
