@@ -7,6 +7,9 @@ service/store/migrations/versions/; a test fails when the two disagree.
 
 from __future__ import annotations
 
+import itertools
+import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -186,8 +189,18 @@ def make_engine(database_url: str) -> Engine:
     def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
         # WAL lets the API read while a worker writes; busy_timeout waits for the writer instead of failing.
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
+        # Switching a new file to WAL takes an exclusive lock and does not wait for one: two processes
+        # opening a new database at once (an API and a worker starting) saw "database is locked". Once
+        # one has switched, the other's switch is a no-op, so a few short retries settle it.
+        for attempt in itertools.count(1):
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 50:
+                    raise
+                time.sleep(0.1)
         cursor.close()
 
     return engine
