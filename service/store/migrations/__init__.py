@@ -16,6 +16,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,15 @@ def upgrade(conn: Connection) -> None:
     """
     config = alembic_config(conn)
     with _running:
+        current = current_revision(conn)
+        known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+        if current is not None and current not in known:
+            # A newer release migrated it (a rolling upgrade, this process started from the older image).
+            # Revisions add columns the older code does not read, so it may run; it must not fail to start.
+            log.warning("database schema is at %s, newer than this code knows; leaving it as it is", current)
+            return
         tables = set(sa.inspect(conn).get_table_names())
-        if "alembic_version" not in tables and "jobs" in tables:
+        if current is None and "jobs" in tables:
             _add_pre_baseline_columns(conn)
             command.stamp(config, BASELINE)
             log.info("stamped a database made before versioned migrations at %s", BASELINE)
