@@ -68,8 +68,9 @@ def upgrade(conn: Connection) -> None:
         current = current_revision(conn)
         known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
         if current is not None and current not in known:
-            # A newer release migrated it (a rolling upgrade, this process started from the older image).
-            # Revisions add columns the older code does not read, so it may run; it must not fail to start.
+            # A newer release migrated it: a rolling upgrade, and this process started from the older image.
+            # Revisions that only add columns leave older code able to run (docs/operations.md, Upgrading),
+            # so it starts rather than failing on a revision it cannot find.
             log.warning("database schema is at %s, newer than this code knows; leaving it as it is", current)
             return
         tables = set(sa.inspect(conn).get_table_names())
