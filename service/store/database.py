@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from service.errors import NotFound
-from service.store.schema import add_missing_columns, make_engine, metadata
+from service.store import migrations
+from service.store.schema import make_engine
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +42,17 @@ class Database:
     # ---- schema and health -------------------------------------------------------------------
 
     def create_schema(self) -> None:
-        """Create missing tables, then add columns that newer code expects (idempotent)."""
+        """Bring the database to the newest schema revision (service/store/migrations); idempotent."""
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
-                # An API and a worker starting together must not both run CREATE TABLE.
+                # An API and a worker starting together must not both migrate: the second waits here, then
+                # finds the database at head. The lock ends with the transaction the upgrade runs in.
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(7270279)"))
-            metadata.create_all(conn, checkfirst=True)
-            add_missing_columns(conn)
-            for table in metadata.sorted_tables:  # indexes of columns added to an existing table
-                for index in table.indexes:
-                    index.create(conn, checkfirst=True)
+            elif conn.dialect.name == "sqlite":
+                # The same for SQLite: take the write lock before reading the schema's revision (the
+                # second process waits up to busy_timeout), and make the upgrade one transaction.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            migrations.upgrade(conn)
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

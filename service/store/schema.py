@@ -1,20 +1,21 @@
-"""The SQL side of the job store: tables, engine set-up and additive schema upgrades.
+"""The SQL side of the job store: tables and engine set-up.
 
 SQLite (the default, a file in the data directory) and PostgreSQL both work; every statement the
-store issues is portable between them.
+store issues is portable between them. A change to these tables comes with a migration in
+service/store/migrations/versions/; a test fails when the two disagree.
 """
 
 from __future__ import annotations
 
-import logging
+import itertools
+import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
-
-log = logging.getLogger(__name__)
+from sqlalchemy.engine import Engine
 
 DEFAULT_MAX_ATTEMPTS = 3
 
@@ -109,6 +110,7 @@ jobs_table = sa.Table(
     sa.Column("cache_key", sa.String(64)),
     sa.Column("reused_from", sa.String(64)),
     # service/domain/jobs.py JobPhase: NULL for a job held whole, "sharded" while its shards hold it.
+    # Migration 0002 backfills it from the worker sentinel '(shards)' that older code wrote.
     sa.Column("phase", sa.String(16)),
     # NULL keys are distinct in both SQLite and PostgreSQL, so jobs without a key never collide.
     sa.UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
@@ -187,38 +189,18 @@ def make_engine(database_url: str) -> Engine:
     def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
         # WAL lets the API read while a worker writes; busy_timeout waits for the writer instead of failing.
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
+        # Switching a new file to WAL takes an exclusive lock and does not wait for one: two processes
+        # opening a new database at once (an API and a worker starting) saw "database is locked". Once
+        # one has switched, the other's switch is a no-op, so a few short retries settle it.
+        for attempt in itertools.count(1):
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 50:
+                    raise
+                time.sleep(0.1)
         cursor.close()
 
     return engine
-
-
-def add_missing_columns(conn: Connection) -> None:
-    """Columns added to the tables above after a database was created get `ALTER TABLE ... ADD COLUMN`.
-
-    Only nullable columns or columns with a scalar default can be added this way; that is the rule for
-    every column added after the first release.
-    """
-    inspector = sa.inspect(conn)
-    for table in metadata.sorted_tables:
-        present = {col["name"] for col in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in present:
-                continue
-            ddl_type = column.type.compile(dialect=conn.dialect)
-            default = ""
-            if column.default is not None and getattr(column.default, "is_scalar", False):
-                default = f" DEFAULT {_sql_literal(column.default.arg)}"  # type: ignore[attr-defined]
-            elif not column.nullable:
-                raise RuntimeError(f"cannot add NOT NULL column {table.name}.{column.name} without a default")
-            conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {ddl_type}{default}'))
-            log.info("added column %s.%s", table.name, column.name)
-
-
-def _sql_literal(value: Any) -> str:
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int | float):
-        return repr(value)
-    return "'" + str(value).replace("'", "''") + "'"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -155,27 +154,6 @@ def test_models_and_datasets_can_be_found_by_sha256(api: Api, ids: tuple[str, st
         "items": []
     }
     assert_problem(api.client.get("/v1/models", params={"sha256": "not-a-sha"}), 422)
-
-
-def test_an_older_database_gets_the_reuse_columns_and_index(tmp_path: Path) -> None:
-    import sqlalchemy as sa
-
-    from service.store.jobs import JobStore
-
-    store = JobStore(f"sqlite:///{tmp_path / 'old.db'}")
-    store.create_schema()
-    old, _ = store.create_job(owner="local", kind="evaluation", spec={})
-    with store.engine.begin() as conn:
-        conn.execute(sa.text("DROP INDEX ix_jobs_owner_cache_key"))
-        conn.execute(sa.text("ALTER TABLE jobs DROP COLUMN cache_key"))
-        conn.execute(sa.text("ALTER TABLE jobs DROP COLUMN reused_from"))
-    store.create_schema()
-    assert store.get_job(old.id).cache_key is None and store.get_job(old.id).reused_from is None
-    indexes = {i["name"] for i in sa.inspect(store.engine).get_indexes("jobs")}
-    assert "ix_jobs_owner_cache_key" in indexes
-    job, _ = store.create_job(owner="local", kind="evaluation", spec={}, cache_key="k" * 64)
-    assert store.get_job(job.id).cache_key == "k" * 64
-    store.dispose()
 
 
 def test_a_reused_job_still_calls_its_callback(api: Api, ids: tuple[str, str]) -> None:

@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-import sqlalchemy as sa
 
 from service.domain.results import Progress
 from service.errors import InvalidCursor, NotFound
@@ -218,14 +217,6 @@ def test_count_jobs_by_status(store: JobStore) -> None:
     store.request_cancel(_job(store), owner="local")
     counts = store.count_jobs_by_status()
     assert counts["queued"] == 1 and counts["cancelled"] == 1 and counts["succeeded"] == 0
-
-
-def test_create_schema_adds_columns_missing_from_an_older_database(store: JobStore) -> None:
-    job_id = _job(store)
-    with store.engine.begin() as conn:
-        conn.execute(sa.text("ALTER TABLE jobs DROP COLUMN max_attempts"))
-    store.create_schema()
-    assert store.get_job(job_id).max_attempts == 3  # the old row gets the column's default
 
 
 def test_concurrent_submissions_with_one_idempotency_key_make_one_job(store: JobStore) -> None:
