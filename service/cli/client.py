@@ -25,8 +25,9 @@ from typing import Any
 
 import httpx
 
+from service.domain.jobs import TERMINAL_STATUSES
+
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-TERMINAL_JOB_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -378,7 +379,7 @@ class ParryClient:
             job = self.get_job(job_id)
             if on_update is not None:
                 on_update(job)
-            if job["status"] in TERMINAL_JOB_STATUSES:
+            if job["status"] in TERMINAL_STATUSES:
                 return job
             if deadline is not None and time.monotonic() > deadline:
                 raise WaitTimeout(f"job {job_id} was still {job['status']} after {timeout:g} s")

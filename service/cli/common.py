@@ -19,11 +19,12 @@ from typing import Any, TypeAlias
 from pydantic import ValidationError
 from rich.console import Console
 
-from service.cli.client import TERMINAL_JOB_STATUSES, ClientError, ParryClient, zip_directory
+from service.cli.client import ClientError, ParryClient, zip_directory
 from service.cli.config import CheckConfigError
 from service.cli.progress import JobProgressDisplay
 from service.domain.attack_syntax import AttackSyntaxError, describe_validation_error
 from service.domain.builtins import DatasetError, is_builtin
+from service.domain.jobs import TERMINAL_STATUSES, JobStatus
 from service.domain.verdicts import BaselineError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR = 0, 1, 2
@@ -152,7 +153,7 @@ def resolve_model_id(client: ParryClient, ref: str, *, say: Callable[[str], None
 def describe_job(job: dict[str, Any]) -> str:
     text = f"job {job['id']} ({job.get('kind', '?')}): {job['status']}"
     progress = job.get("progress") or {}
-    if job["status"] == "running" and progress:
+    if job["status"] == JobStatus.RUNNING and progress:
         text += f" {100 * float(progress.get('fraction', 0)):.0f}%"
         if progress.get("stage"):
             text += f", {progress['stage']}"
@@ -160,7 +161,7 @@ def describe_job(job: dict[str, Any]) -> str:
             text += f", ETA {float(progress['eta_seconds']):.0f} s"
     if job.get("reused_from"):
         text += f" (result reused from {job['reused_from']})"
-    if job["status"] == "failed" and job.get("error"):
+    if job["status"] == JobStatus.FAILED and job.get("error"):
         text += f": {job['error'].get('detail')}"
     return text
 
@@ -169,10 +170,10 @@ def wait_for_job(client: ParryClient, job_id: str, *, timeout: float | None, qui
     """Poll the job to its end with a progress display on stderr; failed or cancelled is a CommandError."""
     with JobProgressDisplay(Console(stderr=True), job_id=job_id, quiet=quiet) as display:
         job = client.wait_job(job_id, timeout=timeout, on_update=display.update)
-    if job["status"] == "failed":
+    if job["status"] == JobStatus.FAILED:
         detail = (job.get("error") or {}).get("detail") or "no reason was given"
         raise CommandError(f"job {job_id} failed: {detail}")
-    if job["status"] == "cancelled":
+    if job["status"] == JobStatus.CANCELLED:
         raise CommandError(f"job {job_id} was cancelled")
-    assert job["status"] in TERMINAL_JOB_STATUSES
+    assert job["status"] in TERMINAL_STATUSES
     return job

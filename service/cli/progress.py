@@ -9,6 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
+from service.domain.jobs import JobStatus
+
 
 class JobProgressDisplay:
     """Feed it every polled Job (`update`); it shows the fraction done, the stage and the ETA.
@@ -60,7 +62,7 @@ class JobProgressDisplay:
             return
         self._last_line, self._last_time = (status, stage), now
         line = f"job {self.job_id}: {status}"
-        if status == "running":
+        if status == JobStatus.RUNNING:
             line += f" {100 * fraction:5.1f}%"
             if stage:
                 line += f" {stage}"

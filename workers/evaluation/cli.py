@@ -62,7 +62,7 @@ def add_evaluate_command(commands: Commands) -> None:
         help="what the model outputs (default: detected)",
     )
     cmd.add_argument(
-        "--json", type=Path, default=None, metavar="FILE", help="write the result object (API.md) here"
+        "--json", type=Path, default=None, metavar="FILE", help="write the result object (docs/api.md) here"
     )
     cmd.add_argument(
         "--per-sample",
