@@ -70,6 +70,7 @@ class ErrorType(StrEnum):
     TIME_LIMIT_EXCEEDED = "TimeLimitExceeded"  # the job ran longer than the worker's time limit
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # its worker died on every attempt (killed, out of memory)
     TRAINING_ERROR = "TrainingError"  # the adversarial training cannot run as asked, or diverged
+    ARTIFACT_WRITE_ERROR = "ArtifactWriteError"  # a result file could not be written (disk full, ...)
 
 
 def job_error(kind: ErrorType, detail: str) -> dict[str, str]:

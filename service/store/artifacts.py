@@ -8,6 +8,7 @@ Imports neither FastAPI nor TensorFlow: the workers use it too.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -19,9 +20,22 @@ from pathlib import Path
 
 from service.errors import NotFound, UploadTooLarge
 
+log = logging.getLogger(__name__)
+
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _CHUNK = 1 << 20
+
+
+class ArtifactWriteFailed(OSError):
+    """A file of the store could not be written; the message names it relative to the data directory.
+
+    Absolute paths go to the operator's log only: a job's error reaches its owner.
+    """
+
+    def __init__(self, relative: str, reason: str) -> None:
+        super().__init__(f"the artifact {relative} could not be written: {reason}")
+        self.relative = relative
 
 
 @dataclass(frozen=True)
@@ -74,12 +88,28 @@ class ArtifactStore:
         os.close(fd)
         return Path(name)
 
+    def _failed(self, dest: Path, exc: OSError) -> ArtifactWriteFailed:
+        try:
+            relative = dest.relative_to(self.root).as_posix()
+        except ValueError:
+            relative = dest.name
+        log.error("could not write %s: %s", dest, exc)
+        return ArtifactWriteFailed(relative, exc.strerror or type(exc).__name__)
+
     def put_file(self, src: Path, *, sha256: str | None = None) -> Blob:
         """Store a finished file by its content; a file under root/tmp is moved, any other is copied.
 
-        The same bytes are stored once: a second put of them leaves the first copy in place.
+        The same bytes are stored once: a second put of them leaves the first copy in place. A write
+        that fails raises ArtifactWriteFailed.
         """
-        src = Path(src)
+        try:
+            return self._put_file(Path(src), sha256)
+        except ArtifactWriteFailed:
+            raise
+        except OSError as exc:
+            raise self._failed(self.blob_path(sha256) if sha256 else self.blobs_dir, exc) from exc
+
+    def _put_file(self, src: Path, sha256: str | None) -> Blob:
         digest = sha256 or _file_sha256(src)
         size = src.stat().st_size
         dest = self.blob_path(digest)
@@ -136,21 +166,24 @@ class ArtifactStore:
         return self.jobs_dir / job_id / name
 
     def write_job_artifact(self, job_id: str, name: str, data: bytes | Path) -> ArtifactInfo:
-        """Write (or overwrite, on a rerun) one artifact of a job atomically."""
+        """Write (or overwrite, on a rerun) one artifact of a job atomically; ArtifactWriteFailed if not."""
         dest = self.job_artifact_path(job_id, name)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staged = self.temp_path()
         try:
-            if isinstance(data, bytes):
-                staged.write_bytes(data)
-            else:
-                shutil.copyfile(data, staged)
-            digest = _file_sha256(staged)
-            os.replace(staged, dest)
-        finally:
-            staged.unlink(missing_ok=True)
-        _write_sidecar(dest, digest)
-        return ArtifactInfo(name, dest.stat().st_size, digest)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            staged = self.temp_path()
+            try:
+                if isinstance(data, bytes):
+                    staged.write_bytes(data)
+                else:
+                    shutil.copyfile(data, staged)
+                digest = _file_sha256(staged)
+                os.replace(staged, dest)
+            finally:
+                staged.unlink(missing_ok=True)
+            _write_sidecar(dest, digest)
+            return ArtifactInfo(name, dest.stat().st_size, digest)
+        except OSError as exc:
+            raise self._failed(dest, exc) from exc
 
     def list_job_artifacts(self, job_id: str) -> list[ArtifactInfo]:
         directory = self.jobs_dir / job_id

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from service.domain.datasets import DatasetError
 from service.domain.jobs import ErrorType, JobStatus, job_error
 from service.domain.tasks import DELIVER_CALLBACK
+from service.store.artifacts import ArtifactWriteFailed
 from service.store.records import JobRecord
 from workers.context import INTERNAL_ERROR, WorkerContext, job_heartbeat
 from workers.evaluation.engine import EvaluationError
@@ -27,12 +28,14 @@ log = logging.getLogger(__name__)
 
 Claim = TypeVar("Claim")
 
-# The error type of each failure a user's input can cause; anything else is an InternalError.
+# The error type of each failure with a sentence of its own (the user's input, or a disk the operator
+# must fix); anything else is an InternalError.
 _USER_ERRORS: dict[type[Exception], ErrorType] = {
     ModelLoadError: ErrorType.MODEL_LOAD_ERROR,
     DatasetError: ErrorType.DATASET_ERROR,
     EvaluationError: ErrorType.EVALUATION_ERROR,
     TrainingError: ErrorType.TRAINING_ERROR,
+    ArtifactWriteFailed: ErrorType.ARTIFACT_WRITE_ERROR,
 }
 
 

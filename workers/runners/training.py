@@ -67,10 +67,7 @@ class TrainingRunner(WholeJobRunner):
         )
         if outcome.result.resumed:
             log.info("job %s: resumed from its checkpoint", job_id)
-        new_model = _register(ctx, claim, record, outcome, folder)
-        result = outcome.result.model_copy(update={"model_id": new_model.id}).model_dump(mode="json")
-        _write_artifacts(ctx, job_id, result, new_model, outcome)
-        return result
+        return _register(ctx, claim, record, outcome, folder)
 
     def ended(self, claim: JobRecord, status: JobStatus) -> JobStatus | None:
         # The job has ended: nothing will resume from its checkpoints. (When the finish is refused the
@@ -103,12 +100,18 @@ def _data(ctx: WorkerContext, spec: TrainingSpec) -> tuple[ArrayDataset, ArrayDa
 
 def _register(
     ctx: WorkerContext, job: JobRecord, source: ModelRecord, outcome: TrainingOutcome, folder: Path
-) -> ModelRecord:
-    """The robustified model as a ready Model of the job's owner; the same one on every delivery."""
+) -> dict[str, Any]:
+    """Register the robustified model of the job's owner and write the job's artifacts; the result.
+
+    The model becomes ready only once every artifact is written: a job that fails here registers
+    nothing (a model it added is deleted), so no `ready` model stands beside a failed job. The same
+    model on every delivery: its id is kept beside the checkpoints.
+    """
     marker = folder / REGISTERED
     if marker.is_file():
         try:
-            return ctx.store.get_model(json.loads(marker.read_text())["model_id"])
+            registered = ctx.store.get_model(json.loads(marker.read_text())["model_id"])
+            return _write_artifacts(ctx, job.id, registered, outcome)
         except (NotFound, ValueError, KeyError):
             log.warning("job %s: the model registered by an earlier run is gone; registering again", job.id)
     model = outcome.model
@@ -121,6 +124,15 @@ def _register(
         size_bytes=blob.size_bytes,
         output=model.output,
     )
+    try:
+        result = _write_artifacts(ctx, job.id, record, outcome)
+    except BaseException:
+        if created:
+            ctx.store.delete_model(record.id, owner=job.owner)
+            log.info(
+                "job %s: model %s deleted again: the job's artifacts could not be written", job.id, record.id
+            )
+        raise
     if record.status != "ready":
         # Our own export of a validated model: its shapes are known, no validation round trip needed.
         ctx.store.set_model_ready(
@@ -135,14 +147,17 @@ def _register(
         "job %s: robustified model %s %s (sha256 %s) from model %s",
         job.id, record.id, "registered" if created else "already registered", blob.sha256, source.id,
     )  # fmt: skip
-    return ctx.store.get_model(record.id)
+    return result
 
 
 def _write_artifacts(
-    ctx: WorkerContext, job_id: str, result: dict[str, object], model: ModelRecord, outcome: TrainingOutcome
-) -> None:
+    ctx: WorkerContext, job_id: str, model: ModelRecord, outcome: TrainingOutcome
+) -> dict[str, Any]:
+    """The job's artifacts and its result, which names the registered model."""
+    result = outcome.result.model_copy(update={"model_id": model.id}).model_dump(mode="json")
     # The archive is the registered blob itself, so the artifact and the Model are the same bytes.
     ctx.artifacts.write_job_artifact(job_id, "model.zip", ctx.artifacts.blob_path(model.sha256))
     if outcome.keras_path is not None:
         ctx.artifacts.write_job_artifact(job_id, "model.keras", outcome.keras_path)
     ctx.artifacts.write_job_artifact(job_id, "report.json", json.dumps(result, indent=2).encode())
+    return result

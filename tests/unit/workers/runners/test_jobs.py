@@ -172,3 +172,16 @@ def test_a_deleted_model_fails_the_job_with_a_sentence(ctx: WorkerContext, digit
         "type": "ModelLoadError",
         "detail": f"model {model_id} no longer exists",
     }
+
+
+def test_an_evaluation_whose_artifacts_cannot_be_written_fails_with_the_artifact_and_the_os_error(
+    ctx: WorkerContext, digits_keras: Path
+) -> None:
+    job_id = evaluation_job(ctx, ready_model(ctx, digits_keras), DIGITS_FGSM)
+    (ctx.settings.data_dir / "jobs" / job_id).write_text("in the way")
+    assert jobs.run_evaluation(ctx, job_id) == "failed"
+    job = ctx.store.get_job(job_id)
+    assert job.error is not None and job.error["type"] == "ArtifactWriteError"
+    assert job.error["detail"].startswith(f"the artifact jobs/{job_id}/report.json could not be written: ")
+    assert str(ctx.settings.data_dir) not in job.error["detail"]
+    assert job.result is None and job.status == "failed"

@@ -222,3 +222,21 @@ def test_a_worker_shutting_down_hands_the_job_back_with_its_checkpoint(
     assert training_jobs.run_training(ctx, job_id) == "succeeded"
     result = ctx.store.get_job(job_id).result
     assert result is not None and result["resumed"]
+
+
+def test_a_training_whose_artifacts_cannot_be_written_fails_and_registers_no_model(
+    ctx: WorkerContext, digits_keras: Path
+) -> None:
+    model_id = _ready_model(ctx, digits_keras)
+    job_id = _job(ctx, model_id)
+    # A file where the job's artifact folder must go: no write below it can succeed, even as root.
+    (ctx.settings.data_dir / "jobs" / job_id).write_text("in the way")
+    models_before = {m.id for m in ctx.store.list_models("o")}
+
+    assert training_jobs.run_training(ctx, job_id) == "failed"
+    job = ctx.store.get_job(job_id)
+    assert job.error is not None and job.error["type"] == "ArtifactWriteError"
+    assert job.error["detail"] == f"the artifact jobs/{job_id}/model.zip could not be written: File exists"
+    assert str(ctx.settings.data_dir) not in job.error["detail"]  # no absolute server path
+    assert job.result is None
+    assert {m.id for m in ctx.store.list_models("o")} == models_before
