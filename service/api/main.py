@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.job_status import JobStatusFastPath
 from service.api.metrics import Metrics, MetricsMiddleware
-from service.api.problems import EXCEPTION_HANDLERS
+from service.api.problems import EXCEPTION_HANDLERS, problem_openapi
 from service.api.queue import BrokerProbe, CeleryEnqueuer, Enqueuer
 from service.api.routes import ROUTERS
 from service.api.routes import jobs as jobs_routes
@@ -81,6 +81,7 @@ def create_app(
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
     )
+    app.openapi = problem_openapi(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.store = store
     app.state.artifacts = artifacts

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any, get_args
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -132,3 +133,39 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     StarletteHTTPException: http_error,
     Exception: unexpected_error,
 }
+
+
+def problem_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The app's `openapi()` with every error answer documented as `application/problem+json`.
+
+    FastAPI documents error responses as `application/json` (and its own 422 body); Parry answers every
+    error as a Problem. Each operation also gets a `default` response, so a status the route does not
+    list (a 401, a 413, a 400 from a proxy) is still documented, with its body. The bearer key is
+    documented as optional (`{}` among the alternatives): a server with no key configured takes none,
+    one with keys answers a request without one with a documented 401.
+    """
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (Problem, ProblemItem):
+                schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.pop("HTTPValidationError", None)
+            schemas.pop("ValidationError", None)
+            problem = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    responses = operation.setdefault("responses", {})
+                    for code, response in responses.items():
+                        if code[0] in "45":
+                            response["content"] = problem
+                    responses["default"] = {"description": "A problem (RFC 9457).", "content": problem}
+                    if operation.get("security") and {} not in operation["security"]:
+                        operation["security"] = [*operation["security"], {}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi

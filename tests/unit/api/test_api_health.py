@@ -123,3 +123,15 @@ def test_celery_enqueuer_puts_the_task_on_the_parry_queue(tmp_path: Path) -> Non
     finally:
         enqueuer.close()
         client.delete("parry")
+
+
+def test_every_error_answer_is_documented_as_a_problem(api: Api) -> None:
+    schema = api.client.get("/openapi.json").json()
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert "default" in responses, (method, path)
+            for code, response in responses.items():
+                if code[0] in "45" or code == "default":
+                    assert list(response["content"]) == ["application/problem+json"], (method, path, code)
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
