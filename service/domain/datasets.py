@@ -12,7 +12,7 @@ import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -84,6 +84,64 @@ def load_npz(path: Path) -> ArrayDataset:
     return from_arrays(x, y, name=path.stem, sha256=file_sha256(path))
 
 
+@dataclass(frozen=True)
+class NpzSummary:
+    """What the catalog records of an uploaded `.npz`, found without holding its `x` in memory."""
+
+    num_samples: int
+    sample_shape: tuple[int, ...]
+    num_classes: int
+
+
+# `y` is read whole to check its labels: N integers or an N x C one-hot, small beside any x of N samples.
+_MAX_LABEL_BYTES = 256 * 1024**2
+_STREAM_BYTES = 4 * 1024**2
+
+
+def summarize_npz(path: Path) -> NpzSummary:
+    """Check an `.npz` as `load_npz` does, with bounded memory: `x` is streamed in chunks, never loaded.
+
+    The API checks uploads with this, so that a large or hostile dataset costs the API process a few
+    megabytes, whatever its size; the workers load the arrays with `load_npz`.
+    """
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(f"{path.name} is not a readable .npz file (save it with numpy.savez)")
+    check_npz_layout(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
+            if not {"x", "y"} <= names:
+                raise DatasetError(f"the .npz must hold arrays 'x' and 'y'; {path.name} has {sorted(names)}")
+            with zf.open("x.npy") as member:
+                shape, _, dtype = _read_npy_header(member, "x.npy")
+                if len(shape) < 2:
+                    raise DatasetError(
+                        f"x must have shape (N, ...) with at least one feature axis, got {shape}"
+                    )
+                if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+                    raise DatasetError(f"x must be numeric, got dtype {dtype}")
+                if shape[0] == 0:
+                    raise DatasetError("the dataset is empty")
+                step = max(dtype.itemsize, _STREAM_BYTES // dtype.itemsize * dtype.itemsize)
+                while chunk := member.read(step):
+                    # Cast as load_npz does: a float64 beyond float32's range is infinite there too.
+                    with np.errstate(over="ignore"):  # an overflow is what the check looks for
+                        values = np.frombuffer(chunk, dtype).astype(np.float32)
+                    if not np.isfinite(values).all():
+                        raise DatasetError("x contains NaN or infinite values")
+            info = zf.getinfo("y.npy")
+            if info.file_size > _MAX_LABEL_BYTES:
+                raise DatasetError(f"y is larger than {_MAX_LABEL_BYTES:,} bytes; labels are (N,) or (N, C)")
+            with zf.open(info) as member:
+                y = np.lib.format.read_array(member, allow_pickle=False)
+    except DatasetError:
+        raise
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise DatasetError(f"{path.name} is not a readable .npz file") from exc
+    labels = _labels(y, n=int(shape[0]))
+    return NpzSummary(int(shape[0]), tuple(int(d) for d in shape[1:]), int(labels.max()) + 1)
+
+
 def check_npz_layout(path: Path) -> None:
     """Refuse an `.npz` whose arrays would not fit what it holds, before any array is allocated.
 
@@ -106,20 +164,26 @@ def check_npz_layout(path: Path) -> None:
         raise DatasetError(f"{path.name} is not a readable .npz file") from exc
 
 
-def _check_npy_header(member: IO[bytes], name: str, size: int) -> None:
+def _read_npy_header(member: IO[bytes], name: str) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """(shape, fortran order, dtype) of a `.npy` stream, which is left at the first data byte."""
     fmt = np.lib.format
     try:
         version = fmt.read_magic(member)
         if version == (1, 0):
-            shape, _, dtype = fmt.read_array_header_1_0(member)
+            shape, fortran, dtype = fmt.read_array_header_1_0(member)
         elif version == (2, 0):
-            shape, _, dtype = fmt.read_array_header_2_0(member)
+            shape, fortran, dtype = fmt.read_array_header_2_0(member)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
     except ValueError as exc:
         raise DatasetError(f"the array {name} has a malformed .npy header: {exc}") from exc
     if dtype.hasobject:
         raise DatasetError("the .npz holds object arrays (pickles), which are refused; save numeric arrays")
+    return tuple(int(d) for d in shape), bool(fortran), dtype
+
+
+def _check_npy_header(member: IO[bytes], name: str, size: int) -> None:
+    shape, _, dtype = _read_npy_header(member, name)
     declared = math.prod(int(d) for d in shape) * dtype.itemsize
     held = size - member.tell()
     if declared != held:
@@ -133,13 +197,9 @@ def from_arrays(x: np.ndarray, y: np.ndarray, *, name: str, sha256: str | None =
     """Check and normalise arrays: x to float32, y (integer or one-hot) to int64 class indices."""
     if x.dtype == object or y.dtype == object:
         raise DatasetError("object arrays are refused; x and y must be numeric")
-    if x.ndim < 2:
-        raise DatasetError(f"x must have shape (N, ...) with at least one feature axis, got {x.shape}")
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-        raise DatasetError(f"x must be numeric, got dtype {x.dtype}")
-    if x.shape[0] == 0:
-        raise DatasetError("the dataset is empty")
-    x = x.astype(np.float32, copy=False)
+    _check_x(x.shape, x.dtype)
+    with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf, refused just below
+        x = x.astype(np.float32, copy=False)
     if not np.isfinite(x).all():
         raise DatasetError("x contains NaN or infinite values")
     y = _labels(y, n=x.shape[0])
@@ -149,6 +209,15 @@ def from_arrays(x: np.ndarray, y: np.ndarray, *, name: str, sha256: str | None =
         digest.update(np.ascontiguousarray(y).tobytes())
         sha256 = digest.hexdigest()
     return ArrayDataset(x=x, y=y, sha256=sha256, name=name)
+
+
+def _check_x(shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
+    if len(shape) < 2:
+        raise DatasetError(f"x must have shape (N, ...) with at least one feature axis, got {shape}")
+    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+        raise DatasetError(f"x must be numeric, got dtype {dtype}")
+    if shape[0] == 0:
+        raise DatasetError("the dataset is empty")
 
 
 def _labels(y: np.ndarray, *, n: int) -> np.ndarray:

@@ -59,7 +59,7 @@ async def upload_dataset(
     upload = await receive_upload(request, artifacts, max_bytes=settings.max_upload_bytes)
     try:
         try:
-            data = await run_in_threadpool(datasets.load_npz, upload.file.path)
+            data = await run_in_threadpool(datasets.summarize_npz, upload.file.path)
         except datasets.DatasetError as exc:
             log.info("dataset upload refused (sha256 %s, %s): %s", upload.file.sha256, upload.filename, exc)
             raise InvalidUpload(

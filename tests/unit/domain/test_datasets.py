@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.domain.datasets import DatasetError, load_builtin, load_dataset, load_npz
+from service.domain.datasets import DatasetError, load_builtin, load_dataset, load_npz, summarize_npz
 
 
 def test_builtin_splits_are_fixed_disjoint_and_complete() -> None:
@@ -78,3 +78,39 @@ def test_not_an_npz(tmp_path: Path) -> None:
         load_npz(path)
     with pytest.raises(DatasetError, match="does not exist"):
         load_npz(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize(
+    "x, y",
+    [
+        (np.random.default_rng(0).random((50, 4, 4, 1)), np.arange(50) % 7),
+        (
+            np.random.default_rng(1).random((30, 6)).astype(np.float32),
+            np.eye(3, dtype=np.int64)[np.arange(30) % 3],
+        ),
+        (np.random.default_rng(2).random((20, 5)) > 0.5, (np.arange(20) % 2).astype(np.float64)),
+        (np.asfortranarray(np.random.default_rng(3).random((40, 3))), np.arange(40) % 4),
+    ],
+)
+def test_the_streamed_summary_agrees_with_loading_the_arrays(
+    tmp_path: Path, x: np.ndarray, y: np.ndarray
+) -> None:
+    path = tmp_path / "d.npz"
+    np.savez_compressed(path, x=x, y=y)
+    loaded = load_npz(path)
+    summary = summarize_npz(path)
+    assert (summary.num_samples, summary.sample_shape, summary.num_classes) == (
+        loaded.num_samples, loaded.sample_shape, loaded.num_classes,
+    )  # fmt: skip
+
+
+def test_the_streamed_summary_refuses_what_loading_refuses(tmp_path: Path) -> None:
+    x = np.zeros((10, 3), np.float64)
+    x[7, 1] = 1e300  # finite in float64, infinite once cast to float32 as the workers use it
+    np.savez(tmp_path / "big.npz", x=x, y=np.zeros(10, np.int64))
+    np.savez(tmp_path / "short.npz", x=np.zeros((10, 3)), y=np.zeros(9, np.int64))
+    for name, words in (("big.npz", "NaN or infinite"), ("short.npz", "9 labels but x has 10")):
+        with pytest.raises(DatasetError, match=words):
+            load_npz(tmp_path / name)
+        with pytest.raises(DatasetError, match=words):
+            summarize_npz(tmp_path / name)
