@@ -109,9 +109,8 @@ def main() -> None:
         assert s.api is not None
         proc = psutil.Process(s.api.pid)
         print(f"API RSS idle: {proc.memory_info().rss / MiB:.0f} MiB")
-        print(
-            f"{'upload':<24} {'file MB':>8} {'status':>6} {'RSS before':>11} {'peak':>8} {'after':>8} {'seconds':>8}"
-        )
+        columns = ("file MB", "status", "RSS before", "peak", "after", "seconds")
+        print(f"{'upload':<24} " + " ".join(f"{c:>{max(len(c), 8)}}" for c in columns))
         for name, path in files.items():
             before = proc.memory_info().rss
             started = time.perf_counter()
