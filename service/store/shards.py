@@ -226,12 +226,7 @@ class ShardStore:
         with self.engine.begin() as conn:
             rows = conn.execute(
                 job_shards_table.update()
-                .where(
-                    s.job_id == job_id,
-                    s.shard_index == index,
-                    s.status == JobStatus.RUNNING,
-                    s.worker == worker,
-                )
+                .where(_shard_held(job_id, index, worker))
                 .where(self._parent_live(job_id))
                 .values(
                     fraction=min(max(fraction, 0.0), 1.0),
@@ -280,7 +275,7 @@ class ShardStore:
         over like a job (the lease expires, the reconciler sends the job again).
         """
         now = self.store.now()
-        s, p = job_shards_table.c, evaluation_plans_table.c
+        p = evaluation_plans_table.c
         values: dict[str, Any] = {
             "status": status,
             "error": error,
@@ -292,14 +287,7 @@ class ShardStore:
             values["fraction"] = 1.0
         with self.engine.begin() as conn:
             applied = conn.execute(
-                job_shards_table.update()
-                .where(
-                    s.job_id == job_id,
-                    s.shard_index == index,
-                    s.status == JobStatus.RUNNING,
-                    s.worker == worker,
-                )
-                .values(**values)
+                job_shards_table.update().where(_shard_held(job_id, index, worker)).values(**values)
             ).rowcount
             if applied != 1 or status != JobStatus.SUCCEEDED:
                 return applied == 1, False
@@ -317,16 +305,10 @@ class ShardStore:
 
     def release_shard(self, job_id: str, index: int, *, worker: str) -> None:
         """Give a running shard back (its worker is shutting down): queued again, attempts kept."""
-        s = job_shards_table.c
         with self.engine.begin() as conn:
             conn.execute(
                 job_shards_table.update()
-                .where(
-                    s.job_id == job_id,
-                    s.shard_index == index,
-                    s.status == JobStatus.RUNNING,
-                    s.worker == worker,
-                )
+                .where(_shard_held(job_id, index, worker))
                 .values(status=JobStatus.QUEUED, worker=None, lease_until=None, updated_at=self.store.now())
             )
 
