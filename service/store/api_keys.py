@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from service.errors import NotFound
 from service.store.database import Database
-from service.store.records import ApiKeyRecord, new_id, record_from_row, utcnow
+from service.store.records import ApiKeyRecord, new_id, record_from_row
 from service.store.schema import api_keys_table
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class ApiKeyStore(Database):
             "id": new_id("key"),
             "name": name,
             "key_sha256": key_sha256,
-            "created_at": utcnow(),
+            "created_at": self.now(),
             "revoked_at": None,
         }
         with self._tx() as conn:
@@ -59,7 +59,7 @@ class ApiKeyStore(Database):
             conn.execute(
                 api_keys_table.update()
                 .where(t.id == key_id, t.revoked_at.is_(None))
-                .values(revoked_at=utcnow())
+                .values(revoked_at=self.now())
             )
             row = conn.execute(sa.select(api_keys_table).where(t.id == key_id)).mappings().first()
         if row is None:

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from service.errors import NotFound
 from service.store.database import Database
-from service.store.records import DatasetRecord, ModelRecord, new_id, record_from_row, utcnow
+from service.store.records import DatasetRecord, ModelRecord, new_id, record_from_row
 from service.store.schema import datasets_table, models_table
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class CatalogStore(Database):
         existing = self._model_by_sha(owner, sha256)
         if existing is not None:
             return existing, False
-        now = utcnow()
+        now = self.now()
         row: dict[str, Any] = {
             "id": new_id("mdl"),
             "owner": owner,
@@ -65,7 +65,7 @@ class CatalogStore(Database):
 
     def stale_validating_models(self, *, older_than_seconds: float) -> list[ModelRecord]:
         """Models still `validating` after a while: their validation message may be lost, send it again."""
-        cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+        cutoff = self.now() - timedelta(seconds=older_than_seconds)
         t = models_table.c
         query = sa.select(models_table).where(t.status == "validating", t.updated_at < cutoff).order_by(t.seq)
         with self.engine.connect() as conn:
@@ -110,7 +110,7 @@ class CatalogStore(Database):
         update = (
             models_table.update()
             .where(t.id == model_id, t.status == "validating")
-            .values(validation_attempts=t.validation_attempts + 1, updated_at=utcnow())
+            .values(validation_attempts=t.validation_attempts + 1, updated_at=self.now())
         )
         with self._tx() as conn:
             if conn.execute(update).rowcount != 1:
@@ -124,7 +124,7 @@ class CatalogStore(Database):
 
     def _update_model(self, model_id: str, **values: Any) -> None:
         query = (
-            models_table.update().where(models_table.c.id == model_id).values(updated_at=utcnow(), **values)
+            models_table.update().where(models_table.c.id == model_id).values(updated_at=self.now(), **values)
         )
         with self._tx() as conn:
             if conn.execute(query).rowcount != 1:
@@ -156,7 +156,7 @@ class CatalogStore(Database):
             "num_samples": num_samples,
             "sample_shape": [int(d) for d in sample_shape],
             "num_classes": num_classes,
-            "created_at": utcnow(),
+            "created_at": self.now(),
         }
         try:
             with self._tx() as conn:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from service.errors import NotFound
 from service.store import migrations
+from service.store.records import utcnow
 from service.store.schema import make_engine
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,10 @@ def _select_by_id(table: sa.Table, *, with_owner: bool) -> sa.Select[Any]:
 class Database:
     """One SQL database over SQLAlchemy (SQLite by default, PostgreSQL in deployments); thread-safe."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.database_url = database_url
+        # Tells the time of every timestamp, lease and age the stores compute; tests pass their own.
+        self.now = clock
         self.engine: Engine = make_engine(database_url)
         self._shared = threading.local()  # the connection of an open `reading()` block, per thread
 

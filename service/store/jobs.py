@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,7 +28,6 @@ from service.store.records import (
     JobRecord,
     new_id,
     record_from_row,
-    utcnow,
 )
 from service.store.schema import (
     DEFAULT_MAX_ATTEMPTS,
@@ -57,12 +55,8 @@ class JobStore(CatalogStore, ApiKeyStore):
     """Jobs, and through its bases the catalog and the API keys: the one store object the API and the
     workers hold; safe to share between threads.
 
-    `clock` tells the time every lease and timestamp of a job is computed from; tests pass their own.
+    `clock` (see `Database`) tells the time every lease and timestamp is computed from.
     """
-
-    def __init__(self, database_url: str, *, clock: Callable[[], datetime] = utcnow) -> None:
-        super().__init__(database_url)
-        self.now = clock
 
     # ---- jobs: the API side ------------------------------------------------------------------
 

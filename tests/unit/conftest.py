@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from service.settings import Settings
 from service.store.jobs import JobStore
+from tests.clock import ManualClock
 from tests.dbs import PostgresUnavailable, fresh_postgres_url
 from tests.unit.api_helpers import Api, make_api
 
@@ -48,14 +49,21 @@ def postgres_url() -> Iterator[str]:
         pytest.skip(str(exc))
 
 
+@pytest.fixture
+def clock() -> ManualClock:
+    """The `store` fixture's clock: `clock.advance(seconds)` instead of sleeping until a lease expires."""
+    return ManualClock()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    """A JobStore with its schema, once on SQLite and once on PostgreSQL (skipped when none answers)."""
+def store(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock) -> Iterator[JobStore]:
+    """A JobStore with its schema on `clock`, once on SQLite and once on PostgreSQL (skipped when none
+    answers)."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'parry.db'}"
     else:
         url = request.getfixturevalue("postgres_url")
-    s = JobStore(url)
+    s = JobStore(url, clock=clock)
     s.create_schema()
     yield s
     if request.param == "postgresql":

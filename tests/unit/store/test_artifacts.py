@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.errors import NotFound, UploadTooLarge
-from service.store.artifacts import ArtifactStore
+from service.store.artifacts import ArtifactStore, ArtifactWriteFailed
 
 
 async def _chunks(data: bytes, size: int = 7) -> AsyncIterator[bytes]:
@@ -81,7 +81,7 @@ def test_job_artifact_names_cannot_escape(tmp_path: Path, name: str) -> None:
 def test_failed_write_keeps_the_previous_artifact(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path)
     store.write_job_artifact("job_1", "x.bin", b"old")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ArtifactWriteFailed, match="the artifact jobs/job_1/x.bin could not be written"):
         store.write_job_artifact("job_1", "x.bin", tmp_path / "missing")
     assert store.job_artifact_path("job_1", "x.bin").read_bytes() == b"old"
     assert list(store.tmp_dir.iterdir()) == []

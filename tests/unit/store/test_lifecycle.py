@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import shutil
 import tempfile
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from hypothesis import HealthCheck, settings
@@ -20,6 +19,7 @@ from service.store import lifecycle
 from service.store.jobs import JobStore
 from service.store.records import JobRecord
 from service.store.shards import ShardSpan, ShardStore
+from tests.clock import ManualClock
 
 ROOT = Path(__file__).resolve().parents[3]
 LEASE = 30.0
@@ -31,21 +31,11 @@ SHARD = st.integers(min_value=0, max_value=2)
 RARELY = st.integers(min_value=0, max_value=5).map(lambda n: n == 0)
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 class JobLifecycle(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.folder = Path(tempfile.mkdtemp(prefix="parry-lifecycle-"))
-        self.clock = Clock()
+        self.clock = ManualClock()
         self.store = JobStore(f"sqlite:///{self.folder / 'parry.db'}", clock=self.clock)
         self.store.create_schema()
         self.shards = ShardStore(self.store)
@@ -100,7 +90,7 @@ class JobLifecycle(RuleBasedStateMachine):
 
     @rule(seconds=st.sampled_from([1.0, LEASE + 1]))
     def time_passes(self, seconds: float) -> None:
-        self.clock.now += timedelta(seconds=seconds)
+        self.clock.advance(seconds)
 
     # ---- a sharded job ------------------------------------------------------------------------------
 
@@ -219,14 +209,14 @@ def test_nothing_but_the_lifecycle_module_writes_to_the_jobs_table() -> None:
 
 
 def test_a_lease_expires_on_the_injected_clock(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = ManualClock()
     store = JobStore(f"sqlite:///{tmp_path / 'parry.db'}", clock=clock)
     store.create_schema()
     job, _ = store.create_job(owner="o", kind="evaluation", spec={})
     assert store.claim(job.id, worker="w1", lease_seconds=LEASE) is not None
     assert store.claim(job.id, worker="w2", lease_seconds=LEASE) is None
     assert store.expired_leases() == []
-    clock.now += timedelta(seconds=LEASE + 1)
+    clock.advance(LEASE + 1)
     assert [j.id for j in store.expired_leases()] == [job.id]
     taken = store.claim(job.id, worker="w2", lease_seconds=LEASE)
     assert taken is not None and taken.worker == "w2" and taken.attempts == 2

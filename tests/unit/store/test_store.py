@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from service.domain.results import Progress
 from service.errors import InvalidCursor, NotFound
 from service.store.jobs import JobStore
+from tests.clock import ManualClock
 
 
 def _job(store: JobStore, owner: str = "local", **kw: object) -> str:
@@ -129,11 +129,12 @@ def test_claim_progress_finish(store: JobStore) -> None:
         store.finish(job_id, worker="w1", status="running")
 
 
-def test_expired_lease_is_taken_over_and_the_old_worker_stops(store: JobStore) -> None:
+def test_expired_lease_is_taken_over_and_the_old_worker_stops(store: JobStore, clock: ManualClock) -> None:
     job_id = _job(store)
-    first = store.claim(job_id, worker="dead", lease_seconds=0.05)
+    first = store.claim(job_id, worker="dead", lease_seconds=30)
     assert first is not None
-    time.sleep(0.1)
+    assert store.expired_leases() == []
+    clock.advance(31)
     assert [j.id for j in store.expired_leases()] == [job_id]
     second = store.claim(job_id, worker="alive", lease_seconds=60)
     assert second is not None and second.attempts == 2 and second.started_at == first.started_at
@@ -142,11 +143,11 @@ def test_expired_lease_is_taken_over_and_the_old_worker_stops(store: JobStore) -
     assert store.finish(job_id, worker="alive", status="succeeded", result={})
 
 
-def test_attempts_exhausted_fails_with_a_sentence(store: JobStore) -> None:
+def test_attempts_exhausted_fails_with_a_sentence(store: JobStore, clock: ManualClock) -> None:
     job_id = _job(store, max_attempts=2)
     for worker in ("w1", "w2"):
-        assert store.claim(job_id, worker=worker, lease_seconds=0.01) is not None
-        time.sleep(0.05)
+        assert store.claim(job_id, worker=worker, lease_seconds=30) is not None
+        clock.advance(31)
     assert store.claim(job_id, worker="w3", lease_seconds=60) is None
     job = store.get_job(job_id)
     assert job.status == "failed" and job.error is not None
@@ -175,13 +176,15 @@ def test_cancel_running_stops_the_worker_at_its_next_report(store: JobStore) -> 
     assert terminal.status == "cancelled"
 
 
-def test_release_requeues_and_keeps_attempts(store: JobStore) -> None:
+def test_release_requeues_and_keeps_attempts(store: JobStore, clock: ManualClock) -> None:
     job_id = _job(store)
     assert store.claim(job_id, worker="w", lease_seconds=60) is not None
     store.release(job_id, worker="w")
     job = store.get_job(job_id)
     assert job.status == "queued" and job.attempts == 1 and job.worker is None
-    assert [j.id for j in store.stale_queued_jobs(older_than_seconds=0)] == [job_id]
+    assert store.stale_queued_jobs(older_than_seconds=10) == []
+    clock.advance(11)
+    assert [j.id for j in store.stale_queued_jobs(older_than_seconds=10)] == [job_id]
     assert store.stale_queued_jobs(older_than_seconds=3600) == []
     again = store.claim(job_id, worker="w2", lease_seconds=60)
     assert again is not None and again.attempts == 2
@@ -237,17 +240,19 @@ def test_concurrent_submissions_with_one_idempotency_key_make_one_job(store: Job
     assert sum(created for _, created in outcomes) == 1
 
 
-def test_stale_validating_models(store: JobStore) -> None:
+def test_stale_validating_models(store: JobStore, clock: ManualClock) -> None:
     m, _ = store.add_model(owner="local", name="m", sha256="c" * 64, format="h5", size_bytes=1, output="auto")
-    assert [r.id for r in store.stale_validating_models(older_than_seconds=0)] == [m.id]
+    assert store.stale_validating_models(older_than_seconds=10) == []
+    clock.advance(11)
+    assert [r.id for r in store.stale_validating_models(older_than_seconds=10)] == [m.id]
     assert store.stale_validating_models(older_than_seconds=3600) == []
     store.set_model_ready(m.id, input_shape=[2], num_classes=2, output="logits")
-    assert store.stale_validating_models(older_than_seconds=0) == []
+    assert store.stale_validating_models(older_than_seconds=10) == []
 
 
-def test_cancel_a_job_whose_worker_died_ends_it_at_once(store: JobStore) -> None:
+def test_cancel_a_job_whose_worker_died_ends_it_at_once(store: JobStore, clock: ManualClock) -> None:
     job_id = _job(store)
-    assert store.claim(job_id, worker="dead", lease_seconds=0.01) is not None
-    time.sleep(0.05)
+    assert store.claim(job_id, worker="dead", lease_seconds=30) is not None
+    clock.advance(31)
     assert store.request_cancel(job_id, owner="local").status == "cancelled"
     assert not store.finish(job_id, worker="dead", status="succeeded", result={})

@@ -12,6 +12,7 @@ import pytest
 from service.domain.results import Progress
 from service.domain.tasks import RUN_EVALUATION, VALIDATE_MODEL
 from service.store.jobs import JobStore
+from tests.clock import ManualClock
 from workers.models.cache import ModelCache
 from workers.runtime import heartbeat as heartbeat_module
 from workers.runtime.callbacks import CallbackFailed, deliver
@@ -92,7 +93,7 @@ def test_heartbeat_stops_when_the_worker_shuts_down() -> None:
         heartbeat_module.SHUTTING_DOWN.clear()
 
 
-def test_reconciler_resends_lost_jobs_and_stuck_validations_once(store: JobStore) -> None:
+def test_reconciler_resends_lost_jobs_and_stuck_validations_once(store: JobStore, clock: ManualClock) -> None:
     sent: list[tuple[str, str]] = []
     model, _ = store.add_model(
         owner="k", name="m", sha256="a" * 64, format="keras", size_bytes=1, output="auto"
@@ -100,9 +101,9 @@ def test_reconciler_resends_lost_jobs_and_stuck_validations_once(store: JobStore
     running, _ = store.create_job(owner="k", kind="evaluation", spec={})
     queued, _ = store.create_job(owner="k", kind="evaluation", spec={})
     fresh_running, _ = store.create_job(owner="k", kind="evaluation", spec={})
-    assert store.claim(running.id, worker="dead", lease_seconds=0.05)
+    assert store.claim(running.id, worker="dead", lease_seconds=30)
     assert store.claim(fresh_running.id, worker="alive", lease_seconds=600)
-    time.sleep(0.3)
+    clock.advance(31)
 
     reconciler = Reconciler(
         store, lambda task, job_id: sent.append((task, job_id)), requeue_queued_after_s=0.1, resend_after_s=60
