@@ -1,20 +1,21 @@
-"""The command-line form of an attack: `pgd:eps=0.3,steps=40`, `fgsm:eps=0.1,0.2,0.3,norm=l2`."""
+"""The command-line form of an attack: `pgd:eps=0.3,steps=40`, `apgd-ce:eps=0.3,steps=100`."""
 
 from __future__ import annotations
 
 from pydantic import TypeAdapter, ValidationError
 
-from service.domain.specs import AttackSpec, FGSMSpec, PGDSpec
+from service.domain.specs import ATTACK_NAMES, AttackSpec, AttackSpecUnion
 
-_ADAPTER: TypeAdapter[FGSMSpec | PGDSpec] = TypeAdapter(AttackSpec)
-KNOWN_ATTACKS = ("fgsm", "pgd")
+_ADAPTER: TypeAdapter[AttackSpecUnion] = TypeAdapter(AttackSpec)
+# From the spec union, so a new attack is known here without touching this module.
+KNOWN_ATTACKS = ATTACK_NAMES
 
 
 class AttackSyntaxError(ValueError):
     """An attack argument that cannot be understood; the message says how to write it."""
 
 
-def parse_attack(text: str) -> FGSMSpec | PGDSpec:
+def parse_attack(text: str) -> AttackSpecUnion:
     """Parse `NAME:key=value,key=value`; a bare value after `eps=` extends the eps list."""
     name, _, rest = text.strip().partition(":")
     name = name.strip().lower()
@@ -47,7 +48,8 @@ def parse_attack(text: str) -> FGSMSpec | PGDSpec:
 def describe_validation_error(exc: ValidationError) -> str:
     """The first problem of a pydantic error as one sentence a user can act on."""
     problem = exc.errors()[0]
-    # The discriminator ("pgd"/"fgsm") is part of the location pydantic reports; users never typed it.
+    # The discriminator ("pgd", "apgd-ce", ...) is part of the location pydantic reports; users never
+    # typed it.
     # So is the union branch pydantic tried ("constrained-float", "list[...]"): keep field names and indices.
     parts = [
         str(p) for p in problem["loc"] if p not in KNOWN_ATTACKS and (isinstance(p, int) or p.isidentifier())

@@ -8,20 +8,21 @@ the per-job time limit (`task_time_limit_s`) still stops whatever the count misj
 
 from __future__ import annotations
 
-from service.domain.specs import AttackSpec, TrainingOptions
+from collections.abc import Sequence
+
+from service.domain.specs import AttackSpecBase, TrainingOptions
 from service.errors import IncompatibleSpec
 
 # A held-out validation split is this fraction of the training data (workers/training split_validation).
 HELD_OUT_FRACTION = 0.1
 
 
-def attack_steps(attack: AttackSpec) -> int:
-    """Gradient steps per sample for one attack over all its eps values."""
-    per_eps = attack.steps * attack.restarts if attack.name == "pgd" else 1
-    return per_eps * len(attack.eps_values())
+def attack_steps(attack: AttackSpecBase) -> int:
+    """Gradient steps per sample for one attack over all its eps values (each spec estimates its own)."""
+    return attack.gradient_steps() * len(attack.eps_values())
 
 
-def evaluation_steps(attacks: list[AttackSpec], samples: int) -> int:
+def evaluation_steps(attacks: Sequence[AttackSpecBase], samples: int) -> int:
     """Gradient steps of an evaluation: every attack at every eps on every sample (an upper bound)."""
     return samples * sum(attack_steps(attack) for attack in attacks)
 

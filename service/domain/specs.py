@@ -7,7 +7,8 @@ This module imports neither FastAPI nor TensorFlow: workers and the CLI use it t
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,7 +21,10 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class _AttackSpecBase(_Spec):
+class AttackSpecBase(_Spec):
+    """What every attack spec has: eps, norm, targeting, plus its cost estimate and its label."""
+
+    name: str  # each attack narrows it to its Literal name, the union's discriminator
     eps: NonNegative | list[NonNegative] = Field(
         description="Perturbation budget in the attack's norm; a list gives one result per value."
     )
@@ -40,7 +44,7 @@ class _AttackSpecBase(_Spec):
         return value
 
     @model_validator(mode="after")
-    def _target_needs_targeted(self) -> _AttackSpecBase:
+    def _target_needs_targeted(self) -> AttackSpecBase:
         if self.target is not None and not self.targeted:
             raise ValueError("target is only meaningful with targeted: true")
         return self
@@ -48,14 +52,33 @@ class _AttackSpecBase(_Spec):
     def eps_values(self) -> list[float]:
         return list(self.eps) if isinstance(self.eps, list) else [self.eps]
 
+    def gradient_steps(self) -> int:
+        """Forward+backward passes per sample at one eps, at most (the job-size cap counts these)."""
+        return 1
 
-class FGSMSpec(_AttackSpecBase):
+    def label(self) -> str:
+        """A short name that tells the attacks of one report apart: `pgd-40×5 cw`, `apgd-ce-100`."""
+        return self.label_of(self.model_dump())
+
+    @classmethod
+    def label_of(cls, fields: Mapping[str, Any]) -> str:
+        """The label from a spec as a report row stores it (fields missing take their defaults)."""
+        name = str(cls.model_fields["name"].default)
+        return name + (" (targeted)" if fields.get("targeted") else "")
+
+    @classmethod
+    def _default(cls, fields: Mapping[str, Any], key: str) -> Any:
+        value = fields.get(key)
+        return cls.model_fields[key].default if value is None else value
+
+
+class FGSMSpec(AttackSpecBase):
     """Fast Gradient Sign Method (Goodfellow et al., 2015); L2 variant steps along the normalised gradient."""
 
     name: Literal["fgsm"] = "fgsm"
 
 
-class PGDSpec(_AttackSpecBase):
+class PGDSpec(AttackSpecBase):
     """Projected Gradient Descent (Madry et al., 2018) in L-inf or L2."""
 
     name: Literal["pgd"] = "pgd"
@@ -70,8 +93,67 @@ class PGDSpec(_AttackSpecBase):
     def step_size_for(self, eps: float) -> float:
         return self.step_size if self.step_size is not None else 2.5 * eps / self.steps
 
+    def gradient_steps(self) -> int:
+        return self.steps * self.restarts
 
-AttackSpec = Annotated[FGSMSpec | PGDSpec, Field(discriminator="name")]
+    @classmethod
+    def label_of(cls, fields: Mapping[str, Any]) -> str:
+        label = f"pgd-{cls._default(fields, 'steps')}"
+        restarts = int(cls._default(fields, "restarts"))
+        if restarts > 1:
+            label += f"×{restarts}"
+        if fields.get("loss") == "cw":
+            label += " cw"
+        return label + (" (targeted)" if fields.get("targeted") else "")
+
+
+class _APGDSpec(AttackSpecBase):
+    """Auto-PGD (Croce & Hein, 2020): PGD with momentum and a step size that halves at checkpoints."""
+
+    loss_name: ClassVar[str]
+    steps: int = Field(default=100, ge=1, le=10_000, description="Gradient steps per restart.")
+    restarts: int = Field(default=1, ge=1, le=100, description="Random starts; each sample keeps its worst.")
+
+    def gradient_steps(self) -> int:
+        return self.steps * self.restarts
+
+    @classmethod
+    def label_of(cls, fields: Mapping[str, Any]) -> str:
+        label = f"{cls.model_fields['name'].default}-{cls._default(fields, 'steps')}"
+        restarts = int(cls._default(fields, "restarts"))
+        if restarts > 1:
+            label += f"×{restarts}"
+        return label + (" (targeted)" if fields.get("targeted") else "")
+
+
+class APGDCESpec(_APGDSpec):
+    """APGD on the cross-entropy (Croce & Hein, 2020), in L-inf or L2."""
+
+    name: Literal["apgd-ce"] = "apgd-ce"
+
+
+class APGDDLRSpec(_APGDSpec):
+    """APGD on the Difference of Logits Ratio loss (Croce & Hein, 2020): untargeted, 3 classes or more."""
+
+    name: Literal["apgd-dlr"] = "apgd-dlr"
+
+    @model_validator(mode="after")
+    def _untargeted(self) -> APGDDLRSpec:
+        if self.targeted:
+            raise ValueError(
+                "apgd-dlr is untargeted only (the targeted DLR loss is not implemented); "
+                "use apgd-ce with targeted: true"
+            )
+        return self
+
+
+# Adding an attack: its spec class above, and one entry in this union.
+AttackSpecUnion = FGSMSpec | PGDSpec | APGDCESpec | APGDDLRSpec
+AttackSpec = Annotated[AttackSpecUnion, Field(discriminator="name")]
+ATTACK_SPECS: dict[str, type[AttackSpecBase]] = {
+    str(spec.model_fields["name"].default): spec for spec in get_args(AttackSpecUnion)
+}
+ATTACK_NAMES: tuple[str, ...] = tuple(ATTACK_SPECS)
 
 
 class EvaluationOptions(_Spec):

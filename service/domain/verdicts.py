@@ -14,11 +14,11 @@ from pydantic import TypeAdapter, ValidationError
 
 from service.domain.attack_syntax import describe_validation_error
 from service.domain.results import AttackResult, EvaluationResult
-from service.domain.specs import AttackSpec, FGSMSpec, PGDSpec, Threshold
+from service.domain.specs import ATTACK_SPECS, AttackSpec, AttackSpecUnion, Threshold
 from service.domain.stats import accuracy_interval
 
 DEFAULT_TOLERANCE = 0.02
-_ATTACK_ADAPTER: TypeAdapter[FGSMSpec | PGDSpec] = TypeAdapter(AttackSpec)
+_ATTACK_ADAPTER: TypeAdapter[AttackSpecUnion] = TypeAdapter(AttackSpec)
 
 
 class BaselineError(ValueError):
@@ -64,14 +64,10 @@ def pct(value: float) -> str:
 
 def attack_label(name: str, spec: dict[str, Any]) -> str:
     """`pgd-20`, `pgd-40×5 cw`, `fgsm (targeted)`: enough to tell the attacks of one report apart."""
-    label = name
-    if name == "pgd":
-        label = f"pgd-{spec.get('steps', 40)}"
-        if int(spec.get("restarts", 1) or 1) > 1:
-            label += f"×{spec['restarts']}"
-        if spec.get("loss") == "cw":
-            label += " cw"
-    return label + (" (targeted)" if spec.get("targeted") else "")
+    kind = ATTACK_SPECS.get(name)
+    if kind is None:  # a row from a newer server: its name is all we know
+        return name + (" (targeted)" if spec.get("targeted") else "")
+    return kind.label_of(spec)
 
 
 def robust_interval(row: Any, num_samples: int) -> tuple[float, float]:
@@ -84,7 +80,7 @@ def robust_interval(row: Any, num_samples: int) -> tuple[float, float]:
 
 def judge(
     result: EvaluationResult,
-    attacks: Sequence[FGSMSpec | PGDSpec],
+    attacks: Sequence[AttackSpecUnion],
     thresholds: Sequence[Threshold] = (),
     *,
     baseline: EvaluationResult | None = None,
@@ -121,7 +117,7 @@ def judge(
     return outcomes
 
 
-def _row_origins(result: EvaluationResult, attacks: Sequence[FGSMSpec | PGDSpec]) -> list[tuple[int, float]]:
+def _row_origins(result: EvaluationResult, attacks: Sequence[AttackSpecUnion]) -> list[tuple[int, float]]:
     origins = [(i, eps) for i, spec in enumerate(attacks) for eps in spec.eps_values()]
     if len(origins) != len(result.attacks) or any(
         row.name != attacks[i].name or not math.isclose(row.eps, eps)

@@ -1,12 +1,12 @@
-"""The attack base class with its compiled entry point, plus the projection, step and random-start helpers.
+"""The attack base class with its compiled entry point, plus by-name norm helpers for the training code.
 
-An attack's loop runs in `tf.function` graphs with the steps unrolled in Python (PGD: chunks of 10
-steps; see pgd.py): measured on this machine that sits at the cost floor, while `tf.while_loop` was
-unstable and XLA about 3x slower. The graphs are traced once per (model, attack configuration, input
-range) and kept in `LoadedModel.cache`. Eps, step size and seed are tensor arguments and the batch
-dimension is `None`, so new eps values, a short last batch or a batch with dropped samples never retrace.
-Random starts use stateless ops with explicit seeds: `tf.random.set_seed` would clear TensorFlow's
-function cache.
+An attack's loop runs in `tf.function` graphs with the steps unrolled in Python (iterative attacks:
+chunks of 10 steps; see iterative.py): measured on this machine that sits at the cost floor, while
+`tf.while_loop` was unstable and XLA about 3x slower. The graphs are traced once per (model, attack
+configuration, input range) and kept in `LoadedModel.cache`. Eps, step size and seed are tensor
+arguments and the batch dimension is `None`, so new eps values, a short last batch or a batch with
+dropped samples never retrace. Random starts use stateless ops with explicit seeds: `tf.random.set_seed`
+would clear TensorFlow's function cache.
 """
 
 from __future__ import annotations
@@ -14,20 +14,21 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, final
+from typing import Any, ClassVar, TypeVar, final
 
 import numpy as np
 import tensorflow as tf
 
+from service.domain.specs import AttackSpecBase
 from workers.attacks.losses import LossName, is_success, objective
+from workers.attacks.norms import Norm, norm_for
 from workers.models.loading import LoadedModel
 
-Norm = Literal["linf", "l2"]
 Logits = Callable[[tf.Tensor], tf.Tensor]
 
-# A point already in the eps ball is left untouched, so projecting twice never moves it (see project_l2).
-_L2_SLACK = 1e-6
-_TINY = 1e-12
+
+class AttackNotApplicable(ValueError):
+    """The attack cannot run on this model (e.g. the DLR loss on fewer than three classes); one sentence."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ class CompiledAttack:
 
     `run(x, goal, eps, step_size, seed, check=None)` returns (x_adv, pred, success, objective, steps) as
     arrays, `steps` being the forward+backward passes each sample took before its scoring pass. `check`,
-    when given, is called between the graphs of an attack that runs several (PGD's chunks).
+    when given, is called between the graphs of an attack that runs several (the chunks of an iterative
+    attack).
     """
 
     run: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
@@ -51,7 +53,8 @@ class AttackOutput:
     """What an attack did to one batch.
 
     `pred` and `success` come from a forward pass on `x_adv` itself; `objective` is the attack's loss there
-    (higher is worse for the model). Passes are summed over samples and restarts.
+    (higher is worse for the model). Passes and queries are summed over samples and restarts; a query is
+    one sample's forward pass through the model (gradient attacks: equal to `forward_passes`).
     """
 
     x_adv: np.ndarray
@@ -61,66 +64,24 @@ class AttackOutput:
     goal: np.ndarray  # the label (untargeted) or the target class (targeted) of each sample
     forward_passes: int
     backward_passes: int
+    queries: int
 
 
-def per_sample_norm(delta: tf.Tensor, norm: Norm) -> tf.Tensor:
-    axes = list(range(1, len(delta.shape)))
-    if norm == "linf":
-        return tf.reduce_max(tf.abs(delta), axis=axes)
-    return tf.sqrt(tf.reduce_sum(tf.square(delta), axis=axes))
+# The helpers below take the norm by name; the training methods (workers/training/methods.py) use them.
+def per_sample_norm(delta: tf.Tensor, norm: str) -> tf.Tensor:
+    return norm_for(norm).distance(delta)
 
 
-def per_sample(values: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
-    """Reshape (B,) so it broadcasts against a (B, ...) batch."""
-    return tf.reshape(values, [-1] + [1] * (len(like.shape) - 1))
+def project(x_adv: tf.Tensor, x: tf.Tensor, eps: tf.Tensor, norm: str, lo: float, hi: float) -> tf.Tensor:
+    return norm_for(norm).project(x_adv, x, eps, lo, hi)
 
 
-def project_linf(x_adv: tf.Tensor, x: tf.Tensor, eps: tf.Tensor, lo: float, hi: float) -> tf.Tensor:
-    """Clip into the intersection of the L-inf ball and the input range (idempotent, exact at eps = 0)."""
-    lower = tf.maximum(x - eps, lo)
-    upper = tf.minimum(x + eps, hi)
-    return tf.minimum(tf.maximum(x_adv, lower), upper)
+def ascent_direction(grad: tf.Tensor, norm: str) -> tf.Tensor:
+    return norm_for(norm).ascent_direction(grad)
 
 
-def project_l2(x_adv: tf.Tensor, x: tf.Tensor, eps: tf.Tensor, lo: float, hi: float) -> tf.Tensor:
-    """Scale the perturbation back into the L2 ball, then clip into the input range.
-
-    Samples already inside the ball (up to a relative 1e-6) are returned bit for bit, so projecting an
-    attack's output again cannot change its prediction. Clipping only shrinks each coordinate's
-    perturbation, so it never leaves the ball.
-    """
-    delta = x_adv - x
-    size = per_sample_norm(delta, "l2")
-    factor = tf.minimum(1.0, eps / tf.maximum(size, _TINY))
-    outside = per_sample(size > eps * (1.0 + _L2_SLACK), x)
-    scaled = tf.where(outside, x + delta * per_sample(factor, x), x_adv)
-    return tf.clip_by_value(scaled, lo, hi)
-
-
-def project(x_adv: tf.Tensor, x: tf.Tensor, eps: tf.Tensor, norm: Norm, lo: float, hi: float) -> tf.Tensor:
-    if norm == "linf":
-        return project_linf(x_adv, x, eps, lo, hi)
-    return project_l2(x_adv, x, eps, lo, hi)
-
-
-def ascent_direction(grad: tf.Tensor, norm: Norm) -> tf.Tensor:
-    """Unit steepest-ascent direction in the norm: the sign (L-inf) or the normalised gradient (L2)."""
-    if norm == "linf":
-        return tf.sign(grad)
-    return grad / per_sample(tf.maximum(per_sample_norm(grad, "l2"), _TINY), grad)
-
-
-def random_start(x: tf.Tensor, eps: tf.Tensor, norm: Norm, seed: tf.Tensor) -> tf.Tensor:
-    """A perturbation drawn uniformly from the eps ball of the norm, reproducible from `seed`."""
-    shape = tf.shape(x)
-    if norm == "linf":
-        return tf.random.stateless_uniform(shape, seed, minval=-1.0, maxval=1.0) * eps
-    # Uniform in the L2 ball: a uniform direction, radius eps * u^(1/d).
-    direction = tf.random.stateless_normal(shape, seed)
-    direction = direction / per_sample(tf.maximum(per_sample_norm(direction, "l2"), _TINY), x)
-    dims = tf.cast(tf.reduce_prod(shape[1:]), tf.float32)
-    u = tf.random.stateless_uniform(shape[:1], seed + 1)
-    return direction * per_sample(eps * tf.pow(u, 1.0 / dims), x)
+def random_start(x: tf.Tensor, eps: tf.Tensor, norm: str, seed: tf.Tensor) -> tf.Tensor:
+    return norm_for(norm).random_start(x, eps, seed)
 
 
 def derive_seed(*path: int) -> np.ndarray:
@@ -139,27 +100,58 @@ def random_targets(labels: np.ndarray, num_classes: int, seed: Sequence[int]) ->
     return ((labels + shift) % num_classes).astype(np.int64)
 
 
+S = TypeVar("S", bound=AttackSpecBase)
+
+
+def expect_spec(spec: AttackSpecBase, kind: type[S]) -> S:
+    """`spec` as the spec type an attack reads; a mismatch is a programming error of the registry."""
+    if not isinstance(spec, kind):
+        raise TypeError(f"expected a {kind.__name__}, got a {type(spec).__name__}")
+    return spec
+
+
 class Attack(ABC):
     """An evasion attack: a pure function of (model, x, y, eps, seed) to adversarial inputs.
 
-    Subclasses write only `perturb`, graph code that may overshoot the budget. The final `__call__`
-    projects into the eps ball and the input range, scores the result with one forward pass, and runs
-    restarts, keeping each sample's worst case (a success beats a failure; among failures, the higher loss)
-    and dropping samples that already succeeded.
+    Subclasses write `from_spec` and `perturb`, graph code that may overshoot the budget (iterative
+    attacks subclass `IterativeAttack` and write a step instead). The final `__call__` projects into the
+    eps ball and the input range, scores the result with one forward pass, and runs restarts, keeping each
+    sample's worst case (a success beats a failure; among failures, the higher loss) and dropping samples
+    that already succeeded.
 
     Args:
-        norm: "linf" or "l2".
+        norm: "linf", "l2" or "l1", or a `Norm` object.
         targeted: push towards a target class instead of away from the label.
         target: the target class; None picks a seeded random class other than the label.
-        loss: "ce" (cross-entropy) or "cw" (logit margin).
+        loss: "ce" (cross-entropy), "cw" (logit margin) or "dlr" (Croce & Hein's ratio).
     """
 
     name: ClassVar[str]
 
     def __init__(
-        self, *, norm: Norm = "linf", targeted: bool = False, target: int | None = None, loss: LossName = "ce"
+        self,
+        *,
+        norm: str | Norm = "linf",
+        targeted: bool = False,
+        target: int | None = None,
+        loss: LossName = "ce",
     ) -> None:
-        self.norm, self.targeted, self.target, self.loss = norm, targeted, target, loss
+        self.norm = norm_for(norm) if isinstance(norm, str) else norm
+        self.targeted, self.target, self.loss = targeted, target, loss
+
+    @classmethod
+    @abstractmethod
+    def from_spec(cls, spec: AttackSpecBase) -> Attack:
+        """The attack a validated spec describes (eps is an argument of each call, not part of it)."""
+
+    def unsupported(self, num_classes: int) -> str | None:
+        """Why this attack cannot run on a model with `num_classes` outputs, or None when it can."""
+        if self.loss == "dlr" and num_classes < 3:
+            return (
+                f"the DLR loss of {self.name} needs at least 3 classes (it divides by the gap between the "
+                f"first and third logits) but the model has {num_classes}; use a cross-entropy attack"
+            )
+        return None
 
     # --- what a subclass provides -------------------------------------------------------------------
     @abstractmethod
@@ -190,7 +182,7 @@ class Attack(ABC):
 
     def config(self) -> tuple[Any, ...]:
         """Everything that changes the compiled graph (eps, step size and seed are tensors and do not)."""
-        return (type(self).__name__, self.norm, self.targeted, self.loss)
+        return (type(self).__name__, self.norm.key(), self.targeted, self.loss)
 
     # --- shared graph pieces --------------------------------------------------------------------------
     def objective(self, logits: tf.Tensor, goal: tf.Tensor) -> tf.Tensor:
@@ -200,14 +192,22 @@ class Attack(ABC):
         self, logits: Logits, x: tf.Tensor, goal: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """Logits at `x` and the gradient of the summed objective with respect to `x`."""
+        z, _, grad = self.objective_and_gradient(logits, x, goal)
+        return z, grad
+
+    def objective_and_gradient(
+        self, logits: Logits, x: tf.Tensor, goal: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Logits, per-sample objective and the gradient of the summed objective, all at `x`."""
         with tf.GradientTape() as tape:
             tape.watch(x)
             z = tf.cast(logits(x), tf.float32)
-            total = tf.reduce_sum(self.objective(z, goal))
+            values = self.objective(z, goal)
+            total = tf.reduce_sum(values)
         grad = tape.gradient(total, x)
         if grad is None:  # the model is not differentiable in its input at all
             grad = tf.zeros_like(x)
-        return z, grad
+        return z, values, grad
 
     def _cache_key(self, bounds: tuple[float, float]) -> tuple[Any, ...]:
         return ("attack", *self.config(), float(bounds[0]), float(bounds[1]))
@@ -234,7 +234,7 @@ class Attack(ABC):
         bounds: tuple[float, float],
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         """Graph code: the final guarantee (eps ball and input range) and the scoring forward pass."""
-        x_adv = project(x_adv, x, eps, self.norm, *bounds)
+        x_adv = self.norm.project(x_adv, x, eps, *bounds)
         z = tf.cast(logits(x_adv), tf.float32)
         pred = tf.argmax(z, axis=-1, output_type=tf.int64)
         return x_adv, pred, is_success(z, goal, targeted=self.targeted), self.objective(z, goal)
@@ -283,7 +283,13 @@ class Attack(ABC):
 
         `targets` (targeted attacks only) overrides the spec's target or the seeded random choice.
         `check` is called between restarts (and between the graphs of a long PGD); it may raise to stop.
+
+        Raises:
+            AttackNotApplicable: the attack cannot run on this model (see `unsupported`).
         """
+        problem = self.unsupported(model.num_classes)
+        if problem is not None:
+            raise AttackNotApplicable(problem)
         seed_path = (seed,) if isinstance(seed, int) else tuple(seed)
         x = np.asarray(x, dtype=np.float32)
         y = np.asarray(y, dtype=np.int64)
@@ -312,7 +318,7 @@ class Attack(ABC):
             best_x[chosen], best_pred[chosen] = x_adv[better], pred[better]
             best_success[chosen], best_obj[chosen] = success[better], obj[better]
             active = active[~success]
-        return AttackOutput(best_x, best_pred, best_success, best_obj, goal, forward, backward)
+        return AttackOutput(best_x, best_pred, best_success, best_obj, goal, forward, backward, forward)
 
     def goals(
         self, y: np.ndarray, num_classes: int, seed: Sequence[int], targets: np.ndarray | None = None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from service.domain.specs import FGSMSpec
-from workers.attacks.base import Attack, Logits, ascent_direction
+from service.domain.specs import AttackSpecBase, FGSMSpec
+from workers.attacks.base import Attack, Logits, expect_spec
 
 
 class FGSM(Attack):
@@ -20,7 +20,8 @@ class FGSM(Attack):
     name = "fgsm"
 
     @classmethod
-    def from_spec(cls, spec: FGSMSpec) -> FGSM:
+    def from_spec(cls, spec: AttackSpecBase) -> FGSM:
+        spec = expect_spec(spec, FGSMSpec)
         return cls(norm=spec.norm, targeted=spec.targeted, target=spec.target)
 
     @property
@@ -39,4 +40,4 @@ class FGSM(Attack):
         bounds: tuple[float, float],
     ) -> tf.Tensor:
         _, grad = self.value_and_gradient(logits, x, goal)
-        return x + eps * ascent_direction(grad, self.norm)
+        return x + eps * self.norm.ascent_direction(grad)

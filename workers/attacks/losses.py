@@ -10,7 +10,7 @@ from typing import Literal
 
 import tensorflow as tf
 
-LossName = Literal["ce", "cw"]
+LossName = Literal["ce", "cw", "dlr"]
 
 
 def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -26,8 +26,23 @@ def margin(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     return z_other - z_label
 
 
+def difference_of_logits_ratio(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Croce & Hein's (2020) DLR loss, -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3), per sample.
+
+    Dividing the margin by the spread of the top logits makes it invariant to shifting and scaling the
+    logits, so it keeps a gradient where a saturated cross-entropy has none. It needs three classes.
+    """
+    top = tf.math.top_k(logits, k=3).values
+    return margin(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
 def objective(logits: tf.Tensor, goal: tf.Tensor, *, loss: LossName, targeted: bool) -> tf.Tensor:
     """What the attack maximises; `goal` is the true label, or the target class when targeted."""
+    if loss == "dlr":
+        if targeted:
+            # The targeted DLR has another formula (it needs both the label and the target).
+            raise ValueError("the DLR loss is untargeted only")
+        return difference_of_logits_ratio(logits, goal)
     value = cross_entropy(logits, goal) if loss == "ce" else margin(logits, goal)
     return -value if targeted else value
 

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from service.domain.datasets import ArrayDataset
 from service.domain.results import EvaluationResult, Progress
-from service.domain.specs import EvaluationOptions, FGSMSpec, PGDSpec
+from service.domain.specs import AttackSpecBase, EvaluationOptions
 from workers.attacks import Attack, attack_from_spec
 from workers.attacks.losses import cross_entropy
 from workers.evaluation import sanity
@@ -249,6 +249,9 @@ def _prepare(
             f"(classes 0 to {model.num_classes - 1})"
         )
     for spec in options.attacks:
+        problem = attack_from_spec(spec).unsupported(model.num_classes)
+        if problem is not None:
+            raise EvaluationError(problem)
         if spec.target is not None and spec.target >= model.num_classes:
             raise EvaluationError(
                 f"target class {spec.target} of {spec.name} does not exist: the model has "
@@ -326,7 +329,7 @@ def _clean_pass(
 def _run_attack(
     model: LoadedModel,
     attack: Attack,
-    spec: FGSMSpec | PGDSpec,
+    spec: AttackSpecBase,
     x: np.ndarray,
     y: np.ndarray,
     goal: np.ndarray,

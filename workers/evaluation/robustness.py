@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.domain.results import AttackCost, AttackResult, Perturbation, WorstCaseResult
-from service.domain.specs import FGSMSpec, PGDSpec
+from service.domain.specs import AttackSpecBase, PGDSpec
 from service.domain.stats import wilson_interval
 
 
@@ -15,7 +15,7 @@ from service.domain.stats import wilson_interval
 class AttackRun:
     """One attack at one eps over the whole evaluation: per-sample arrays plus the work it took."""
 
-    spec: FGSMSpec | PGDSpec
+    spec: AttackSpecBase
     index: int
     eps: float
     adv_pred: np.ndarray

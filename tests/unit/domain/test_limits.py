@@ -30,6 +30,19 @@ def test_evaluation_steps_count_samples_eps_steps_and_restarts() -> None:
     assert evaluation_steps(options.attacks, 100) == 100 * (2 + 7 * 3)
 
 
+def test_each_attack_spec_estimates_its_own_steps() -> None:
+    options = EvaluationOptions.model_validate(
+        {
+            "attacks": [
+                {"name": "apgd-ce", "eps": [0.1, 0.2, 0.3]},
+                {"name": "apgd-dlr", "eps": 0.3, "steps": 50, "restarts": 4},
+            ]
+        }
+    )
+    assert [a.gradient_steps() for a in options.attacks] == [100, 200]
+    assert evaluation_steps(options.attacks, 10) == 10 * (3 * 100 + 200)
+
+
 def test_training_steps_count_epochs_checks_and_evaluations() -> None:
     spec = TrainingOptions.model_validate(
         {"method": "pgd", "eps": 0.3, "steps": 10, "epochs": 2, "validation_steps": 5,

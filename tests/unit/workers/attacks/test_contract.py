@@ -1,0 +1,143 @@
+"""The contract every registered attack keeps, on a real trained CNN (no mocked TensorFlow).
+
+Adding an attack means adding one entry to CONTRACT (its spec with few steps); the first test fails
+until the service's spec union, the worker registry and this table agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from service.domain.datasets import ArrayDataset
+from service.domain.specs import (
+    ATTACK_NAMES,
+    ATTACK_SPECS,
+    APGDCESpec,
+    APGDDLRSpec,
+    AttackSpecBase,
+    FGSMSpec,
+    PGDSpec,
+)
+from workers.attacks import ATTACKS, UnknownAttack, attack_from_spec
+from workers.models.loading import LoadedModel, from_keras
+
+N = 100
+
+# One entry per registered attack: a cheap spec of it (eps is replaced by each test).
+CONTRACT: dict[str, AttackSpecBase] = {
+    "fgsm": FGSMSpec(eps=0.1),
+    "pgd": PGDSpec(eps=0.1, steps=12),
+    "apgd-ce": APGDCESpec(eps=0.1, steps=12),
+    "apgd-dlr": APGDDLRSpec(eps=0.1, steps=12),
+}
+NORMS = {"linf": [0.05, 0.1, 0.2], "l2": [0.5, 1.0, 2.0]}
+CASES = [pytest.param(name, norm, id=f"{name}-{norm}") for name in CONTRACT for norm in NORMS]
+
+
+def spec_for(name: str, norm: str, **update: Any) -> AttackSpecBase:
+    return type(CONTRACT[name]).model_validate({**CONTRACT[name].model_dump(), "norm": norm, **update})
+
+
+def distance(x_adv: np.ndarray, x: np.ndarray, norm: str) -> np.ndarray:
+    delta = (x_adv.astype(np.float64) - x).reshape(x.shape[0], -1)
+    if norm == "linf":
+        return np.abs(delta).max(axis=1)  # type: ignore[no-any-return]
+    return np.sqrt(np.square(delta).sum(axis=1))  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def batch(mnist_test: ArrayDataset) -> tuple[np.ndarray, np.ndarray]:
+    return mnist_test.x[:N], mnist_test.y[:N]
+
+
+def counting(model: LoadedModel) -> tuple[LoadedModel, tf.Variable, tf.Variable]:
+    """The model with two counters in its graph: samples through its forward pass and through its gradient."""
+    forward = tf.Variable(0, dtype=tf.int64, trainable=False)
+    backward = tf.Variable(0, dtype=tf.int64, trainable=False)
+    inner = model.logits
+
+    @tf.custom_gradient  # type: ignore[untyped-decorator]
+    def counted_input(x: tf.Tensor) -> Any:
+        def grad(dy: tf.Tensor) -> tf.Tensor:
+            with tf.control_dependencies([backward.assign_add(tf.cast(tf.shape(dy)[0], tf.int64))]):
+                return tf.identity(dy)
+
+        return tf.identity(x), grad
+
+    def logits(x: tf.Tensor) -> tf.Tensor:
+        with tf.control_dependencies([forward.assign_add(tf.cast(tf.shape(x)[0], tf.int64))]):
+            return inner(counted_input(x))
+
+    return replace(model, logits=logits, cache={}), forward, backward
+
+
+def test_the_service_specs_the_worker_registry_and_this_table_agree() -> None:
+    assert set(ATTACK_NAMES) == set(ATTACKS) == set(CONTRACT)
+    for name, cls in ATTACKS.items():
+        assert cls.name == name and isinstance(CONTRACT[name], ATTACK_SPECS[name])
+        assert type(attack_from_spec(CONTRACT[name])) is cls
+
+
+def test_an_unknown_spec_is_refused_not_run_as_another_attack() -> None:
+    class DeepFoolSpec(AttackSpecBase):
+        name: str = "deepfool"
+
+    with pytest.raises(UnknownAttack, match="deepfool"):
+        attack_from_spec(DeepFoolSpec(eps=0.1))
+
+
+@pytest.mark.parametrize("name,norm", CASES)
+def test_stays_in_the_ball_and_range_and_attacks(
+    name: str, norm: str, mnist_cnn: Any, batch: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, y = batch
+    model = from_keras(mnist_cnn)
+    clean = (np.argmax(model.logits(x).numpy(), axis=1) == y).mean()
+    attack = attack_from_spec(spec_for(name, norm))
+    for eps in NORMS[norm]:
+        out = attack(model, x, y, eps=eps, seed=0)
+        assert out.x_adv.dtype == np.float32 and out.x_adv.shape == x.shape
+        assert distance(out.x_adv, x, norm).max() <= eps * (1 + 1e-5) + 1e-6
+        assert out.x_adv.min() >= 0.0 and out.x_adv.max() <= 1.0
+        np.testing.assert_array_equal(out.pred, np.argmax(model.logits(out.x_adv).numpy(), axis=1))
+        np.testing.assert_array_equal(out.success, out.pred != y)
+    assert (out.pred == y).mean() < clean  # at the largest eps it does attack
+
+
+@pytest.mark.parametrize("name,norm", CASES)
+def test_same_seed_same_result_and_one_trace_for_every_eps_and_batch(
+    name: str, norm: str, mnist_cnn: Any, batch: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, y = batch
+    model = from_keras(mnist_cnn)
+    attack = attack_from_spec(spec_for(name, norm))
+    sizes = (N, 33, 1)
+    pairs = zip(sizes, NORMS[norm], strict=True)
+    runs = [attack(model, x[:n], y[:n], eps=eps, seed=(7, n)) for n, eps in pairs]
+    compiled = attack.compiled(model, (0.0, 1.0))
+    assert compiled.tracing_count() == len(compiled.graphs)  # each graph traced once
+    fresh = attack_from_spec(spec_for(name, norm))
+    again = fresh(from_keras(mnist_cnn), x, y, eps=NORMS[norm][0], seed=(7, N))
+    np.testing.assert_array_equal(again.x_adv, runs[0].x_adv)
+    np.testing.assert_array_equal(again.pred, runs[0].pred)
+
+
+@pytest.mark.parametrize("name,norm", CASES)
+def test_reported_cost_is_the_passes_the_model_made(
+    name: str, norm: str, mnist_cnn: Any, batch: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, y = batch
+    model, forward, backward = counting(from_keras(mnist_cnn))
+    spec = spec_for(name, norm, restarts=2) if "restarts" in type(CONTRACT[name]).model_fields else None
+    attack = attack_from_spec(spec or spec_for(name, norm))
+    out = attack(model, x, y, eps=NORMS[norm][1], seed=3)
+    assert (out.forward_passes, out.backward_passes) == (int(forward.numpy()), int(backward.numpy()))
+    assert out.queries == out.forward_passes
+    assert out.backward_passes <= N * attack.gradient_steps * attack.restarts  # the planned work bounds it
+    # One scoring pass per sample and run: restarts and early exit only ever drop samples.
+    assert N <= out.forward_passes - out.backward_passes <= N * attack.restarts
