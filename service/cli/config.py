@@ -25,12 +25,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from service.domain.attack_syntax import describe_validation_error
-from service.domain.specs import AttackSpec, FGSMSpec, PGDSpec, Threshold
+from service.domain.specs import AttackSpec, AttackSpecUnion, Threshold
 from service.domain.verdicts import DEFAULT_TOLERANCE
 
 CONFIG_NAME = "parry.toml"
 
-_ATTACK_ADAPTER: TypeAdapter[FGSMSpec | PGDSpec] = TypeAdapter(AttackSpec)
+_ATTACK_ADAPTER: TypeAdapter[AttackSpecUnion] = TypeAdapter(AttackSpec)
 
 
 class CheckConfigError(ValueError):
@@ -110,7 +110,7 @@ class CheckConfig(_Section):
     baseline: BaselineSection | None = None
     checks: list[CheckEntry] = Field(min_length=1, max_length=64)
 
-    def attack_specs(self) -> list[FGSMSpec | PGDSpec]:
+    def attack_specs(self) -> list[AttackSpecUnion]:
         specs = []
         for i, check in enumerate(self.checks):
             try:
