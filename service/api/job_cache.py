@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 class _Entry:
     owner: str
     body: bytes
+    stored: float  # time.monotonic()
 
 
 class _Reserved:
@@ -64,6 +65,8 @@ class JobCache:
         bound: the freshness bound; the cache answers only while its last poll began less than this ago.
         max_jobs: how many job bodies to keep (least recently read dropped first).
         max_bytes: how many bytes of bodies to keep.
+        max_age: seconds a body is kept at most, whatever the feed says: a process of an older release
+            (during a rolling upgrade) changes jobs without writing feed rows.
     """
 
     def __init__(
@@ -74,10 +77,11 @@ class JobCache:
         bound: float = 0.1,
         max_jobs: int = 4096,
         max_bytes: int = 32 << 20,
+        max_age: float = 5.0,
     ) -> None:
         self.store = store
         self.interval, self.bound = interval, bound
-        self.max_jobs, self.max_bytes = max_jobs, max_bytes
+        self.max_jobs, self.max_bytes, self.max_age = max_jobs, max_bytes, max_age
         self.hits = self.misses = 0
         self._lock = threading.Lock()
         self._jobs: OrderedDict[str, _Entry | _Reserved] = OrderedDict()
@@ -98,12 +102,19 @@ class JobCache:
 
     def lookup(self, job_id: str, key: str) -> bytes | None:
         """The body for a caller presenting `key`, if both the key and the job are known; else None."""
-        if self.fresh():
+        now = time.monotonic()
+        since = self._fresh_since
+        if since is not None and now - since < self.bound:
             digest = hash_key(key)
             with self._lock:
                 owner = self._owners.get(digest)
                 entry = self._jobs.get(job_id)
-                if owner is not None and isinstance(entry, _Entry) and entry.owner == owner:
+                if (
+                    owner is not None
+                    and isinstance(entry, _Entry)
+                    and entry.owner == owner
+                    and now - entry.stored < self.max_age
+                ):
                     self._jobs.move_to_end(job_id)
                     self.hits += 1
                     return entry.body
@@ -131,7 +142,7 @@ class JobCache:
             if job_owner is None or body is None or len(body) > self.max_bytes // 16:
                 del self._jobs[ticket.job_id]
                 return
-            self._jobs[ticket.job_id] = _Entry(job_owner, body)
+            self._jobs[ticket.job_id] = _Entry(job_owner, body, time.monotonic())
             self._bytes += len(body)
             self._trim()
 

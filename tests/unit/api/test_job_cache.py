@@ -79,6 +79,15 @@ def test_the_cache_answers_nothing_once_its_last_poll_is_older_than_its_bound(ca
     assert not cache.fresh() and cache.lookup("job_a", "k") is None
 
 
+def test_a_body_is_kept_no_longer_than_max_age(cache: JobCache) -> None:
+    """A process of an older release writes no feed rows; its changes show within `max_age`."""
+    _polled(cache)
+    _keep(cache, "job_a")
+    assert cache.lookup("job_a", "k") == b"job_a"
+    cache.max_age = 0.0
+    assert cache.lookup("job_a", "k") is None
+
+
 def test_a_change_of_the_keys_forgets_every_owner(cache: JobCache) -> None:
     _polled(cache)
     _keep(cache, "job_a")

@@ -1,8 +1,8 @@
 """job_changes: the job change feed (service/store/changes.py), one row per change of a job's row.
 
-A new table only, so a process of the previous release keeps working on an upgraded database (it writes
-no feed rows; an API of this release then serves its jobs' changes no faster than its freshness bound
-allows, see docs/operations.md). The downgrade drops the table.
+A new table only, so a process of the previous release keeps working on an upgraded database. It writes
+no feed rows, so while one runs an API of this release may show its changes late: by at most the job
+cache's `max_age` (5 s; docs/operations.md). The downgrade drops the table.
 """
 
 from __future__ import annotations
