@@ -34,6 +34,10 @@ from service.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
+# Seconds without a poll after which the cache starts again from nothing: far less than the time the
+# feed's writers take to add `changes.KEEP_ROWS` rows, so no row this poller still needed was pruned.
+_PRUNE_SAFE_GAP = 10.0
+
 
 @dataclass(frozen=True)
 class _Entry:
@@ -219,9 +223,11 @@ class JobCache:
                 if feed is None:
                     feed = ChangeFeed(self.store.engine)
                 poll = feed.poll()
-                if previous is None or started - previous >= self.bound:
-                    # First poll, or the poller fell behind (a slow database, a starved process): what was
-                    # kept may be older than the feed rows still on hand, so start from nothing.
+                if previous is None or started - previous >= _PRUNE_SAFE_GAP:
+                    # The first poll starts from nothing: reads before it were not covered by the feed.
+                    # A poller that stopped for long may have missed rows pruned meanwhile. A shorter
+                    # delay (a slow database, a starved process) only makes the cache not fresh until
+                    # this poll: the feed's position is kept, so what it reports now is every change.
                     self.clear()
                 self.apply(poll, started)
                 previous = started
