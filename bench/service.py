@@ -4,7 +4,10 @@ Prints figures; never passes or fails on time. Everything runs on loopback in a 
 private redis-server, SQLite (or `--database-url`), the API as a uvicorn subprocess and one Celery worker.
 
     python bench/service.py [--upload-mb 500] [--requests 6400] [--clients 32] [--runs 3] [--jobs 5]
-        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
+        [--database-url sqlite] [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
+
+`--database-url` may be given more than once (`sqlite` is the default store): the whole benchmark runs
+on each database in turn, and a table at the end puts their figures side by side.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
+import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.stack import stack, tiny_keras_model  # noqa: E402
+from bench.stack import Stack, stack, tiny_keras_model  # noqa: E402
+from service.store.jobs import JobStore  # noqa: E402
 
 
 def loads_tensorflow(pid: int) -> bool:
@@ -89,6 +94,39 @@ async def read_latency(
     return times, time.perf_counter() - start
 
 
+def cache_counts(bench: Stack) -> tuple[float, float]:
+    """The API's job-cache hits and misses so far (its /metrics)."""
+    values = {}
+    for line in bench.client.get("/metrics").text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("parry_job_cache_hits_total", "parry_job_cache_misses_total"):
+            values[name] = float(value)
+    return values.get("parry_job_cache_hits_total", 0.0), values.get("parry_job_cache_misses_total", 0.0)
+
+
+def change_visible(bench: Stack, store: JobStore, *, samples: int) -> list[float]:
+    """Seconds from a cancel committed by another process (this one) to the API answering `cancelled`.
+
+    Each job is read until the API answers it from its cache, so the change has a cached body to replace;
+    the reader then polls as fast as one httpx client does (about a millisecond per request).
+    """
+    seconds = []
+    for _ in range(samples):
+        job, _ = store.create_job(owner="local", kind="evaluation", spec={})
+        hits = cache_counts(bench)[0]
+        while True:
+            for _ in range(3):
+                bench.client.get(f"/v1/jobs/{job.id}")
+            if cache_counts(bench)[0] >= hits + 2:
+                break
+        store.request_cancel(job.id, owner="local")
+        start = time.perf_counter()
+        while bench.client.get(f"/v1/jobs/{job.id}").json()["status"] != "cancelled":
+            pass
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -106,17 +144,10 @@ class PeakRss(threading.Thread):
             self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--upload-mb", type=int, default=500)
-    parser.add_argument("--requests", type=int, default=6400)
-    parser.add_argument("--database-url", help="the job store (default: SQLite in the temporary data dir)")
-    parser.add_argument("--runs", type=int, default=3, help="repeats of the concurrent read test")
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--jobs", type=int, default=5, help="warm submit-to-running samples")
-    args = parser.parse_args()
-
-    with stack("parry-bench-", args.database_url) as bench:
+def bench_database(args: argparse.Namespace, database_url: str | None) -> dict[str, str]:
+    """Every figure on one database (None: SQLite in the data dir); the summary's column for it."""
+    summary: dict[str, str] = {}
+    with stack("parry-bench-", database_url) as bench:
         bench.start_redis()
         start = time.perf_counter()
         bench.start_api()
@@ -153,6 +184,9 @@ def main() -> None:
             f"submit -> running (warm worker, {args.jobs} jobs): "
             f"median {statistics.median(delays) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms"
         )
+        summary["submit -> running, median / max"] = (
+            f"{statistics.median(delays) * 1000:.0f} / {max(delays) * 1000:.0f} ms"
+        )
 
         # The worker's threads keep spinning briefly after its last job; on 2 shared cores that is noise here.
         time.sleep(2)
@@ -160,16 +194,47 @@ def main() -> None:
         asyncio.run(read_latency(port, job_ids, clients=args.clients, requests=args.clients * 20))  # warm
         single, _ = asyncio.run(read_latency(port, job_ids, clients=1, requests=500))
         print(f"GET /v1/jobs/{{id}}, 1 client, 500 requests: p50 {pct(single, 0.5) * 1000:.2f} ms")
+        summary["1 client: p50"] = f"{pct(single, 0.5) * 1000:.2f} ms"
+        runs = []
         for run in range(1, args.runs + 1):
+            hits, misses = cache_counts(bench)
             times, wall = asyncio.run(
                 read_latency(port, job_ids, clients=args.clients, requests=args.requests)
             )
+            hits_after, misses_after = cache_counts(bench)
+            reads = (hits_after - hits) + (misses_after - misses)
+            hit_rate = (hits_after - hits) / reads if reads else 0.0
+            runs.append((pct(times, 0.5), pct(times, 0.99), max(times), len(times) / wall, hit_rate))
             print(
                 f"GET /v1/jobs/{{id}}, {args.clients} concurrent clients over {len(job_ids)} jobs, "
                 f"{len(times)} requests (run {run}): p50 {pct(times, 0.5) * 1000:.1f} ms, "
                 f"p99 {pct(times, 0.99) * 1000:.1f} ms, max {max(times) * 1000:.1f} ms, "
-                f"{len(times) / wall:.0f} req/s"
+                f"{len(times) / wall:.0f} req/s, job cache hit rate {hit_rate:.1%}"
             )
+
+        def each(i: int, fmt: str) -> str:
+            return " / ".join(format(r[i], fmt) for r in runs)
+
+        clients = f"{args.clients} clients"
+        summary[f"{clients}: p50 ms"] = " / ".join(f"{r[0] * 1000:.1f}" for r in runs)
+        summary[f"{clients}: **p99** ms"] = " / ".join(f"{r[1] * 1000:.1f}" for r in runs)
+        summary[f"{clients}: max ms"] = " / ".join(f"{r[2] * 1000:.1f}" for r in runs)
+        summary[f"{clients}: req/s"] = each(3, ".0f")
+        summary[f"{clients}: job cache hit rate"] = " / ".join(f"{r[4]:.1%}" for r in runs)
+
+        # A change committed by another process (a worker, `parry`, a second API) reaching a reader.
+        store = JobStore(database_url or f"sqlite:///{(bench.work / 'data' / 'parry.db').resolve()}")
+        try:
+            visible = change_visible(bench, store, samples=20)
+        finally:
+            store.dispose()
+        print(
+            f"cancel committed by another process -> the API answers it (20 jobs): "
+            f"median {statistics.median(visible) * 1000:.1f} ms, max {max(visible) * 1000:.1f} ms"
+        )
+        summary["change -> visible, median / max"] = (
+            f"{statistics.median(visible) * 1000:.1f} / {max(visible) * 1000:.1f} ms"
+        )
 
         if args.upload_mb:
             big = bench.work / "big_saved_model.zip"
@@ -191,6 +256,34 @@ def main() -> None:
         tf_in_api = loads_tensorflow(api_pid)
         print(f"tensorflow mapped in the API process: {tf_in_api}")
         assert not tf_in_api, "the API process loaded TensorFlow"
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--upload-mb", type=int, default=500)
+    parser.add_argument("--requests", type=int, default=6400)
+    parser.add_argument(
+        "--database-url",
+        action="append",
+        help="the job store; `sqlite` (the default) is SQLite in the temporary data dir; repeat to compare",
+    )
+    parser.add_argument("--runs", type=int, default=3, help="repeats of the concurrent read test")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--jobs", type=int, default=5, help="warm submit-to-running samples")
+    args = parser.parse_args()
+
+    columns: dict[str, dict[str, str]] = {}
+    for url in args.database_url or ["sqlite"]:
+        name = "SQLite" if url == "sqlite" else sa.make_url(url).get_backend_name()
+        print(f"== {name} ({url})")
+        columns[name] = bench_database(args, None if url == "sqlite" else url)
+    if len(columns) > 1:
+        names = list(columns)
+        print("\n| figure | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        for figure in columns[names[0]]:
+            print(f"| {figure} | " + " | ".join(columns[n].get(figure, "") for n in names) + " |")
 
 
 if __name__ == "__main__":

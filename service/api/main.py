@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from service.api.job_cache import JobCache
 from service.api.job_status import JobStatusFastPath
 from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.problems import EXCEPTION_HANDLERS, problem_openapi
@@ -46,10 +47,13 @@ def create_app(
     probe = BrokerProbe(settings.redis_url)
     metrics = Metrics()
     keyring = KeyRing(settings, store)
+    job_cache = JobCache(store)
+    metrics.add_source(job_cache.families)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(store.create_schema)
+        job_cache.start()  # needs the job_changes table; answers nothing until its first poll
         resolver = await run_in_threadpool(keyring.resolver)
         if resolver is not None:  # the UI checks keys through this; None (absent) means open mode
             app.state.key_resolver = resolver
@@ -71,6 +75,7 @@ def create_app(
             if close is not None:
                 close()
             probe.close()
+            job_cache.stop()
             store.dispose()
             gc.unfreeze()  # an app that stops inside a longer-lived process (tests) can then be collected
 
@@ -89,9 +94,10 @@ def create_app(
     app.state.broker = probe
     app.state.metrics = metrics
     app.state.keyring = keyring
+    app.state.job_cache = job_cache
     for router in ROUTERS:
         app.include_router(router)
     job_route = next(r for r in jobs_routes.router.routes if getattr(r, "path", None) == "/v1/jobs/{job_id}")
-    app.add_middleware(JobStatusFastPath, store=store, keyring=keyring, route=job_route)
+    app.add_middleware(JobStatusFastPath, store=store, keyring=keyring, route=job_route, cache=job_cache)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last: outermost, so it times both
     return app

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -30,6 +30,11 @@ class Metrics:
         self._buckets: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * len(BUCKETS))
         self._sum: dict[tuple[str, str], float] = defaultdict(float)
         self._count: dict[tuple[str, str], int] = defaultdict(int)
+        self._sources: list[Callable[[], list[Metric]]] = []
+
+    def add_source(self, source: Callable[[], list[Metric]]) -> None:
+        """Families another part of the app reports at each scrape (the job cache's hits and misses)."""
+        self._sources.append(source)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -68,7 +73,7 @@ class Metrics:
                 latency.add_metric(
                     (method, route), [*bounds, ("+Inf", float(count))], round(self._sum[(method, route)], 6)
                 )
-        return [requests, latency]
+        return [requests, latency, *(family for source in self._sources for family in source())]
 
 
 class _Scrape(Collector):

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from service.domain.jobs import JobStatus
 from service.domain.results import Progress
 from service.errors import InvalidCursor, NotFound
-from service.store import lifecycle
+from service.store import changes, lifecycle
 from service.store.api_keys import ApiKeyStore
 from service.store.catalog import CatalogStore
 from service.store.records import (
@@ -109,6 +109,7 @@ class JobStore(CatalogStore, ApiKeyStore):
         try:
             with self._tx() as conn:
                 conn.execute(jobs_table.insert().values(**row))
+                changes.record(conn, row["id"], now=now)
         except IntegrityError:
             existing = (
                 self.job_by_idempotency_key(owner, idempotency_key) if idempotency_key is not None else None

@@ -25,6 +25,7 @@ from service.domain.jobs import (
     can_transition,
     job_error,
 )
+from service.store import changes
 from service.store.schema import UTCDateTime, jobs_table
 
 t = jobs_table.c
@@ -77,7 +78,12 @@ def sharded() -> sa.ColumnElement[bool]:
 
 
 def _apply(conn: Connection, job_id: str, when: sa.ColumnElement[bool], values: dict[str, Any]) -> bool:
-    return conn.execute(jobs_table.update().where(t.id == job_id, when).values(**values)).rowcount == 1
+    applied: bool = (
+        conn.execute(jobs_table.update().where(t.id == job_id, when).values(**values)).rowcount == 1
+    )
+    if applied:  # in the same transaction: the change and its feed row commit together (changes.py)
+        changes.record(conn, job_id, now=values["updated_at"])
+    return applied
 
 
 # ---- a whole job ------------------------------------------------------------------------------------

@@ -120,6 +120,20 @@ jobs_table = sa.Table(
 )
 
 
+# The job change feed (service/store/changes.py): one row per change of a job's row, written in the
+# transaction that makes it, so an API process can tell which of the jobs it keeps in memory changed.
+# `txid` is the writing transaction's id on PostgreSQL (NULL on SQLite, whose writers commit in `seq`
+# order); readers use it to find rows that committed out of `seq` order. Old rows are pruned by `seq`.
+job_changes_table = sa.Table(
+    "job_changes",
+    metadata,
+    sa.Column("seq", _Seq, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(64), nullable=False),
+    sa.Column("txid", sa.BigInteger),
+    sa.Column("changed_at", UTCDateTime, nullable=False),
+    sa.Index("ix_job_changes_txid", "txid"),
+)
+
 # A sharded evaluation (workers/runners/sharded.py): one plan row per parent job, one row per shard.
 # Shards have their own claim and lease like jobs; `shards_done` is the counter whose last increment
 # elects the merging worker.

@@ -68,5 +68,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock) ->
     yield s
     if request.param == "postgresql":
         with s.engine.begin() as conn:  # one database per session: empty it between tests
-            conn.execute(sa.text("TRUNCATE models, datasets, jobs, api_keys, evaluation_plans, job_shards"))
+            conn.execute(
+                sa.text(
+                    "TRUNCATE models, datasets, jobs, api_keys, evaluation_plans, job_shards, job_changes"
+                )
+            )
     s.dispose()

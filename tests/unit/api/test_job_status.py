@@ -11,7 +11,7 @@ from service.auth import bearer_token, hash_key
 from service.domain.jobs import JobStatus
 from service.domain.results import Progress
 from service.store.shards import ShardSpan, ShardStore
-from tests.unit.api_helpers import Api, assert_problem, make_api
+from tests.unit.api_helpers import Api, assert_problem, make_api, wait_until
 
 KEY_A, KEY_B = "pk_fast-path-alice-0123456789", "pk_fast-path-bob-9876543210"
 
@@ -23,10 +23,16 @@ def _fast_path(api: Api) -> JobStatusFastPath:
     return layer
 
 
+def _decline(patch: pytest.MonkeyPatch, fast: JobStatusFastPath) -> None:
+    """Make the fast path decline every request: neither its cache nor its database read answers."""
+    patch.setattr(fast, "cached", lambda job_id, key: None)
+    patch.setattr(fast, "read", lambda job_id, key: None)
+
+
 def _route_answer(api: Api, path: str, monkeypatch: pytest.MonkeyPatch) -> bytes:
     """What the FastAPI route answers: the fast path declines, so the request goes on to it."""
     with monkeypatch.context() as patch:
-        patch.setattr(_fast_path(api), "read", lambda job_id, key: None)
+        _decline(patch, _fast_path(api))
         response = api.client.get(path)
     assert response.status_code == 200
     return response.content
@@ -53,7 +59,7 @@ def test_the_fast_path_answers_byte_for_byte_what_the_route_answers(
 
 def _route_response(api: Api, path: str, monkeypatch: pytest.MonkeyPatch) -> tuple[bytes, dict[str, str]]:
     with monkeypatch.context() as patch:
-        patch.setattr(_fast_path(api), "read", lambda job_id, key: None)
+        _decline(patch, _fast_path(api))
         response = api.client.get(path)
     assert response.status_code == 200
     return response.content, dict(response.headers)
@@ -94,16 +100,24 @@ def test_both_paths_give_identical_bodies_and_headers_in_every_state(
     body, headers = _route_response(api, path, monkeypatch)
     assert fast.content == body
     assert dict(fast.headers) == headers
+    # Answered from the cache once the poller runs: the same bytes and headers again.
+    cache = _fast_path(api).cache
+    assert cache is not None
+    # (A read fills the cache; the poller's first poll, or one late on a busy machine, empties it.)
+    wait_until(lambda: api.client.get(path).content == body and _fast_path(api).cached(job.id, "") == body)
+    again = api.client.get(path)
+    assert again.content == body and dict(again.headers) == headers
 
 
 def test_a_query_string_goes_to_the_route(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     job, _ = api.store.create_job(owner="local", kind="evaluation", spec={})
     seen: list[str] = []
+    monkeypatch.setattr(_fast_path(api), "cached", lambda job_id, key: seen.append(f"cached {job_id}"))
     monkeypatch.setattr(_fast_path(api), "read", lambda job_id, key: seen.append(job_id))
     assert api.client.get(f"/v1/jobs/{job.id}?x=1").status_code == 200
     assert seen == []
     api.client.get(f"/v1/jobs/{job.id}")
-    assert seen == [job.id]
+    assert seen == [f"cached {job.id}", job.id]
 
 
 def test_the_route_answers_what_the_fast_path_does_not(tmp_path: Path) -> None:
@@ -137,9 +151,15 @@ def test_keys_are_checked_as_the_route_checks_them(tmp_path: Path) -> None:
             assert response.status_code in (401, 404), headers
             assert response.headers["content-type"] == "application/problem+json"
         assert fast.read(job.id, "") is None and fast.read(job.id, KEY_B) is None
-        # Revocation applies on the next request.
+        # Alice's key and job are in the cache now.
+        assert fast.cache is not None
+        wait_until(lambda: fast.read(job.id, KEY_A) is not None and fast.cached(job.id, KEY_A) is not None)
+        assert fast.cached(job.id, KEY_B) is None and fast.cached(job.id, "") is None
+        # Revocation applies at once to a read from the database, and to the cache within its freshness
+        # bound: the next poll sees the keys table change and forgets every key's owner.
         api.store.revoke_api_key(alice.id)
         assert fast.read(job.id, KEY_A) is None
+        wait_until(lambda: fast.cached(job.id, KEY_A) is None)
         revoked = api.client.get(f"/v1/jobs/{job.id}", headers={"Authorization": f"Bearer {KEY_A}"})
         assert_problem(revoked, 401)
 

@@ -66,7 +66,7 @@ def _differences(store: JobStore) -> list[Any]:
 def test_the_migrations_form_one_line_from_the_baseline() -> None:
     script = ScriptDirectory.from_config(migrations.alembic_config())
     assert [r.revision for r in script.walk_revisions("base", "heads")][-1] == migrations.BASELINE
-    assert HEAD == "0002_jobs_phase"
+    assert HEAD == "0003_job_changes"
 
 
 def test_a_new_database_goes_straight_to_head(store: JobStore) -> None:
