@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import tensorflow as tf
@@ -51,19 +52,23 @@ class APGD(IterativeAttack):
 
     name = "apgd"
 
+    # The loss a subclass stands for (APGD-CE, APGD-DLR), unless the constructor names another.
+    loss_kind: ClassVar[LossName] = "ce"
+
     def __init__(
         self,
         *,
         steps: int = 100,
         restarts: int = 1,
-        loss: LossName = "ce",
+        loss: LossName | None = None,
         norm: str | Norm = "linf",
         targeted: bool = False,
         target: int | None = None,
         early_stop: bool = True,
     ) -> None:
         super().__init__(
-            steps=steps, random_start=True, restarts=restarts, loss=loss, norm=norm, targeted=targeted,
+            steps=steps, random_start=True, restarts=restarts, loss=loss or self.loss_kind, norm=norm,
+            targeted=targeted,
             target=target, early_stop=early_stop,
         )  # fmt: skip
         # window[i] = w_j - w_{j-1} when i is the checkpoint w_j, else 0: looked up with the step's index
@@ -144,25 +149,11 @@ class APGDCE(APGD):
     """APGD on the cross-entropy, APGD-CE of Croce & Hein (2020); see `APGD`.
 
     Args:
-        steps, restarts, norm, targeted, target, early_stop: as for `APGD`.
+        steps, restarts, norm, targeted, target, early_stop: as for `APGD` (the loss is CE).
     """
 
     name = "apgd-ce"
-
-    def __init__(
-        self,
-        *,
-        steps: int = 100,
-        restarts: int = 1,
-        norm: str | Norm = "linf",
-        targeted: bool = False,
-        target: int | None = None,
-        early_stop: bool = True,
-    ) -> None:
-        super().__init__(
-            steps=steps, restarts=restarts, loss="ce", norm=norm, targeted=targeted, target=target,
-            early_stop=early_stop,
-        )  # fmt: skip
+    loss_kind: ClassVar[LossName] = "ce"
 
     @classmethod
     def from_spec(cls, spec: AttackSpecBase) -> APGDCE:
@@ -183,25 +174,11 @@ class APGDDLR(APGD):
     cross-entropy saturates; it is untargeted and needs at least three classes.
 
     Args:
-        steps, restarts, norm, early_stop: as for `APGD`.
+        steps, restarts, norm, early_stop: as for `APGD` (the loss is DLR).
     """
 
     name = "apgd-dlr"
-
-    def __init__(
-        self,
-        *,
-        steps: int = 100,
-        restarts: int = 1,
-        norm: str | Norm = "linf",
-        targeted: bool = False,
-        target: int | None = None,
-        early_stop: bool = True,
-    ) -> None:
-        super().__init__(
-            steps=steps, restarts=restarts, loss="dlr", norm=norm, targeted=targeted, target=target,
-            early_stop=early_stop,
-        )  # fmt: skip
+    loss_kind: ClassVar[LossName] = "dlr"
 
     @classmethod
     def from_spec(cls, spec: AttackSpecBase) -> APGDDLR:
