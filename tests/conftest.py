@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from service.domain.datasets import ArrayDataset, load_builtin
+from tests import waiting
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -45,3 +47,9 @@ def digits_keras(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.modelzoo import digits_cnn_file
 
     return digits_cnn_file(tmp_path_factory.mktemp("models") / "digits.keras")
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., None]:
+    """`wait_until(check, timeout=30)`: return once `check()` is truthy; tests assert states, not times."""
+    return waiting.wait_until

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import io
-import time
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,14 +114,3 @@ def assert_problem(response: object, status: int) -> dict[str, object]:
     assert body["status"] == status and body["title"] and body["type"].startswith("/problems/")
     assert isinstance(body["detail"], str) and body["detail"]
     return dict(body)
-
-
-def wait_until(check: Callable[[], object], timeout: float = 30.0) -> None:
-    """Return once `check()` is truthy (polled every 5 ms); fail after a generous `timeout`.
-
-    For what happens on another thread (the job cache's poller): the test asserts the state, not the time.
-    """
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{check} did not hold within {timeout} s"
-        time.sleep(0.005)

@@ -11,7 +11,8 @@ from service.auth import bearer_token, hash_key
 from service.domain.jobs import JobStatus
 from service.domain.results import Progress
 from service.store.shards import ShardSpan, ShardStore
-from tests.unit.api_helpers import Api, assert_problem, make_api, wait_until
+from tests.unit.api_helpers import Api, assert_problem, make_api
+from tests.waiting import wait_until
 
 KEY_A, KEY_B = "pk_fast-path-alice-0123456789", "pk_fast-path-bob-9876543210"
 
