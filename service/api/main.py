@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,7 +20,6 @@ from service.api.problems import EXCEPTION_HANDLERS, problem_openapi
 from service.api.queue import BrokerProbe, CeleryEnqueuer, Enqueuer
 from service.api.routes import ROUTERS
 from service.api.routes import jobs as jobs_routes
-from service.api.routes.datasets import warm_builtins as _warm_builtins
 from service.auth import KeyRing
 from service.settings import Settings, get_settings
 from service.store.artifacts import ArtifactStore
@@ -35,9 +33,7 @@ DESCRIPTION = (
 )
 
 
-def create_app(
-    settings: Settings | None = None, *, enqueuer: Enqueuer | None = None, warm_builtins: bool = True
-) -> FastAPI:
+def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = None) -> FastAPI:
     """The API; `enqueuer` replaces the Celery client (tests record what would be sent)."""
     settings = settings or get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -57,9 +53,6 @@ def create_app(
         resolver = await run_in_threadpool(keyring.resolver)
         if resolver is not None:  # the UI checks keys through this; None (absent) means open mode
             app.state.key_resolver = resolver
-        if warm_builtins:
-            # Listing datasets needs the built-ins' metadata, which takes seconds to compute the first time.
-            threading.Thread(target=_warm_builtins, name="warm-builtins", daemon=True).start()
         # The app, FastAPI, SQLAlchemy and pydantic leave about 100k long-lived objects; a full collection
         # walks them all (about 50 ms here), which showed up as the p99 of every request it landed on.
         # Frozen, they are never walked again; what requests allocate is collected as usual.

@@ -144,7 +144,3 @@ def _run_keys_command(args: argparse.Namespace) -> int:
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
     return EXIT_ERROR
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -90,7 +90,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     """create_app() served by uvicorn in a thread, on a free loopback port, with an empty data dir."""
     data = tmp_path_factory.mktemp("browser-data")
     settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'parry.db'}", redis_url=DEAD_REDIS)
-    app = create_app(settings, enqueuer=RecordingEnqueuer(), warm_builtins=False)
+    app = create_app(settings, enqueuer=RecordingEnqueuer())
     store: JobStore = app.state.store
     store.create_schema()
     port = _free_port()

@@ -60,7 +60,7 @@ def make_api(tmp_path: Path, **overrides: object) -> Iterator[Api]:
     }
     settings = Settings(**values)  # type: ignore[arg-type]
     enqueuer = RecordingEnqueuer()
-    app = create_app(settings, enqueuer=enqueuer, warm_builtins=False)
+    app = create_app(settings, enqueuer=enqueuer)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Api(client, enqueuer, settings)
 

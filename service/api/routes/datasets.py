@@ -28,11 +28,6 @@ def builtin_dataset(dataset_id: str) -> DatasetOut:
     return DatasetOut(**info, name=dataset_id, builtin=True, created_at=None)
 
 
-def warm_builtins() -> None:
-    """Compute the built-ins' metadata ahead of the first request (meant for a background thread)."""
-    builtin_info.catalog.all()
-
-
 def resolve_dataset(store: JobStore, dataset_id: str, *, owner: str) -> DatasetOut:
     """A built-in or an uploaded dataset by id; NotFound names the id."""
     if datasets.is_builtin(dataset_id):

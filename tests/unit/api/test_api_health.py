@@ -80,7 +80,7 @@ def test_the_api_never_imports_tensorflow_or_workers(tmp_path: Path) -> None:
     code = (
         "import sys; from pathlib import Path; import service.api.main; "
         "from service.settings import Settings; "
-        "service.api.main.create_app(Settings(data_dir=Path(sys.argv[1])), warm_builtins=False); "
+        "service.api.main.create_app(Settings(data_dir=Path(sys.argv[1]))); "
         "bad = [m for m in ('tensorflow', 'keras', 'workers', 'sklearn') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

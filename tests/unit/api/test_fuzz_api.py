@@ -43,7 +43,7 @@ def _app(root: Path, **overrides: Any) -> Any:
         max_upload_bytes=1024 * 1024,
         **overrides,
     )
-    return create_app(settings, enqueuer=RecordingEnqueuer(), warm_builtins=False)
+    return create_app(settings, enqueuer=RecordingEnqueuer())
 
 
 def _seed(client: Any, headers: dict[str, str]) -> None:
