@@ -206,9 +206,9 @@ def outcome_table(result: EvaluationResult, outcomes: list[CheckOutcome]) -> Tab
         table.add_column(column, justify="right" if column not in ("", "check") else "left")
     for o in outcomes:
         lo, hi = o.ci95
-        required = "" if o.min_robust_accuracy is None else f"≥ {pct(o.min_robust_accuracy)}"
+        required = o.requirement()
         if required and o.use_lower_bound:
-            required += " (lower)"
+            required += " (CI)" if o.max_value is not None else " (lower)"
         row = [
             "PASS" if o.passed else "FAIL",
             o.name,

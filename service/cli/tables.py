@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from service.domain.headline import headlines
 from service.domain.results import EvaluationResult
+from service.domain.verdicts import attack_label
 
 
 def _pct(value: float) -> str:
@@ -12,11 +14,18 @@ def _pct(value: float) -> str:
 
 
 def result_table(result: EvaluationResult) -> Table:
+    """Every row, the worst cases, and as caption the headline: the figure to quote, per norm."""
+    quoted = [
+        f"{h.title()}: {_pct(h.robust_accuracy)}" + (f" ({h.note()})" if h.note() else "")
+        for h in headlines(result.model_dump(mode="json"))
+    ]
     table = Table(
         title=(
             f"{result.num_samples} samples, clean accuracy {_pct(result.clean_accuracy)}, seed {result.seed}"
         ),
         title_justify="left",
+        caption="\n".join(quoted) or None,
+        caption_justify="left",
     )
     for column in (
         "attack",
@@ -32,7 +41,7 @@ def result_table(result: EvaluationResult) -> Table:
     table.add_column("samples/s", justify="right")
     for row in result.attacks:
         table.add_row(
-            _attack_label(row.name, row.spec),
+            attack_label(row.name, row.spec),
             row.norm,
             f"{row.eps:g}",
             _pct(row.robust_accuracy),
@@ -57,15 +66,3 @@ def result_table(result: EvaluationResult) -> Table:
                 style="bold",
             )
     return table
-
-
-def _attack_label(name: str, spec: dict[str, object]) -> str:
-    if name == "pgd":
-        label = f"pgd-{spec.get('steps', 40)}"
-        if int(str(spec.get("restarts", 1))) > 1:
-            label += f"×{spec['restarts']}"
-        if spec.get("loss") == "cw":
-            label += " cw"
-    else:
-        label = name
-    return label + (" (targeted)" if spec.get("targeted") else "")

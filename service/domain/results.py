@@ -30,6 +30,23 @@ class AttackCost(BaseModel):
     backward_passes: int = Field(description="Input-gradient computations, summed over all samples.")
     forward_per_sample: float = Field(description="forward_passes / num_samples.")
     backward_per_sample: float = Field(description="backward_passes / num_samples.")
+    queries: int | None = Field(
+        default=None,
+        description="Samples sent through the model, summed (a black-box attack's budget); "
+        "null: equal to forward_passes.",
+    )
+
+
+class StageResult(BaseModel):
+    """One stage of an ensemble (`autoattack`) at one eps: what was left robust after it, and its work."""
+
+    name: str = Field(description="The stage's attack, as its label: `apgd-ce-100`, `square`.")
+    spec: dict[str, Any]
+    num_attacked: int = Field(description="Samples this stage ran on: those every earlier stage left robust.")
+    robust_accuracy: float = Field(description="Robust accuracy after this stage and every earlier one.")
+    broken: int = Field(description="Samples this stage broke.")
+    seconds: float
+    cost: AttackCost
 
 
 class AttackResult(BaseModel):
@@ -48,6 +65,14 @@ class AttackResult(BaseModel):
     seconds: float
     samples_per_second: float
     cost: AttackCost
+    stages: list[StageResult] | None = Field(
+        default=None, description="An ensemble's stages in the order they ran (autoattack only)."
+    )
+    cumulative: bool = Field(
+        default=False,
+        description="Only the samples that survived this attack at its next smaller eps were attacked "
+        "here; the ones broken there count as broken here (autoattack with several eps).",
+    )
 
 
 class WorstCaseResult(BaseModel):

@@ -15,7 +15,8 @@ from importlib import metadata
 
 from service.domain.specs import EvaluationOptions
 
-KEY_VERSION = 1
+# 2: the attack engine of issue 13 (new attacks, autoattack, stage arrays); results before it differ.
+KEY_VERSION = 2
 
 
 @lru_cache(maxsize=1)

@@ -12,6 +12,8 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from service.domain.metric_paths import MetricPath, parse_metric
+
 Norm = Literal["linf", "l2"]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
@@ -147,13 +149,96 @@ class APGDDLRSpec(_APGDSpec):
         return self
 
 
+AutoAttackVersion = Literal["standard", "fast", "rand"]
+
+# AutoAttack's versions as data: each stage is an attack spec's fields (the ensemble adds its eps and norm),
+# run in this order, each only on the samples every earlier stage left robust (Croce & Hein, 2020).
+AUTOATTACK_STAGES: dict[str, tuple[dict[str, Any], ...]] = {
+    "standard": (
+        {"name": "apgd-ce", "steps": 100},
+        {"name": "apgd-t", "steps": 100, "targets": 9},
+        {"name": "fab-t", "steps": 100, "targets": 9},
+        {"name": "square", "queries": 5000},
+    ),
+    "fast": (
+        {"name": "apgd-ce", "steps": 100},
+        {"name": "apgd-t", "steps": 100, "targets": 9},
+    ),
+    # For stochastic models: gradients averaged over 20 draws (expectation over transformation).
+    "rand": (
+        {"name": "apgd-ce", "steps": 100, "eot_iter": 20},
+        {"name": "apgd-dlr", "steps": 100, "eot_iter": 20},
+    ),
+}
+
+
+class AutoAttackSpec(AttackSpecBase):
+    """AutoAttack (Croce & Hein, 2020): an ensemble of attacks, each run on what the earlier ones left.
+
+    standard: APGD-CE, APGD-T, FAB-T, Square (5,000 queries); fast: APGD-CE, APGD-T; rand (stochastic
+    models): APGD-CE and APGD-DLR with gradients averaged over 20 draws. With several eps, each larger
+    eps attacks only the samples that survived the smaller one, so its row is cumulative.
+    """
+
+    name: Literal["autoattack"] = "autoattack"
+    version: AutoAttackVersion = Field(default="standard", description="standard, fast or rand.")
+
+    @model_validator(mode="after")
+    def _untargeted_and_available(self) -> AutoAttackSpec:
+        if self.targeted:
+            raise ValueError("autoattack is untargeted (its targeted stages pick their own targets)")
+        eps = self.eps_values()
+        if eps != sorted(eps):
+            raise ValueError(
+                "autoattack's eps list must be in increasing order: each eps attacks only the samples "
+                "that survived the one before"
+            )
+        if self.version not in available_autoattack_versions():
+            raise ValueError(
+                f"autoattack version {self.version} needs attacks this server does not have; versions "
+                f"available: {', '.join(available_autoattack_versions()) or 'none'}"
+            )
+        return self
+
+    def stages(self) -> list[AttackSpecBase]:
+        """The stage specs in order, at this ensemble's eps and norm."""
+        return [
+            ATTACK_SPECS[fields["name"]].model_validate({**fields, "eps": self.eps, "norm": self.norm})
+            for fields in AUTOATTACK_STAGES[self.version]
+        ]
+
+    def gradient_steps(self) -> int:
+        # Every stage on every sample: the most the ensemble can do (it drops broken samples as it goes).
+        return sum(stage.gradient_steps() for stage in self.stages())
+
+    @classmethod
+    def label_of(cls, fields: Mapping[str, Any]) -> str:
+        return f"autoattack {cls._default(fields, 'version')}"
+
+
+def available_autoattack_versions() -> list[str]:
+    """The versions whose every stage this server has, with every option the version sets."""
+    versions = []
+    for version, stages in AUTOATTACK_STAGES.items():
+        try:
+            for fields in stages:
+                ATTACK_SPECS[fields["name"]].model_validate({**fields, "eps": 0.0})
+        except (KeyError, ValueError):  # pydantic's ValidationError is a ValueError
+            continue
+        versions.append(version)
+    return versions
+
+
 # Adding an attack: its spec class above, and one entry in this union.
-AttackSpecUnion = FGSMSpec | PGDSpec | APGDCESpec | APGDDLRSpec
+AttackSpecUnion = FGSMSpec | PGDSpec | APGDCESpec | APGDDLRSpec | AutoAttackSpec
 AttackSpec = Annotated[AttackSpecUnion, Field(discriminator="name")]
 ATTACK_SPECS: dict[str, type[AttackSpecBase]] = {
     str(spec.model_fields["name"].default): spec for spec in get_args(AttackSpecUnion)
 }
 ATTACK_NAMES: tuple[str, ...] = tuple(ATTACK_SPECS)
+# Attacks made of other attacks: the engine runs their stages (workers/evaluation/ensemble.py), so the
+# worker's attack registry holds the others only.
+ENSEMBLE_NAMES: tuple[str, ...] = ("autoattack",)
 
 
 class EvaluationOptions(_Spec):
@@ -175,16 +260,51 @@ class EvaluationOptions(_Spec):
 
 
 class Threshold(_Spec):
-    """A pass/fail bar on one attack's robust accuracy (what `parry check` sets); it changes no result."""
+    """A pass/fail bar (what `parry check` sets); it changes no result. Two forms:
 
-    attack: int = Field(ge=0, description="Index of the attack in `attacks`.")
+    - on one attack's robust accuracy: `attack` (its index), optionally `eps`, and `min_robust_accuracy`;
+    - on any metric path (service/domain/metric_paths.py): `metric`, and `min` and/or `max`, e.g.
+      `{"metric": "worst_case.linf.0.3", "min": 0.8}`. A worst-case bar is its own check: it never
+      replaces a bar on an attack.
+    """
+
+    attack: int | None = Field(default=None, ge=0, description="Index of the attack in `attacks`.")
     eps: float | None = Field(default=None, description="One eps of that attack; null: each of its eps.")
-    min_robust_accuracy: float = Field(ge=0, le=1, allow_inf_nan=False)
+    min_robust_accuracy: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    metric: str | None = Field(
+        default=None,
+        max_length=200,
+        description="A metric path: clean_accuracy, worst_case.<norm>.<eps> or attacks.<index>.<eps>.",
+    )
+    min: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False, description="metric >= min.")
+    max: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False, description="metric <= max.")
     use_lower_bound: bool = Field(
         default=False,
-        description="The lower bound of the 95% (Wilson) interval, not the estimate, must clear the bar.",
+        description="The lower bound of the 95% (Wilson) interval, not the estimate, must clear the bar "
+        "(with `max`: the upper bound must stay under it).",
     )
     name: str | None = Field(default=None, max_length=200, description="The check's name in reports.")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Threshold:
+        if self.metric is None:
+            if self.attack is None or self.min_robust_accuracy is None:
+                raise ValueError(
+                    "a threshold needs attack and min_robust_accuracy, or metric with min or max"
+                )
+            if self.min is not None or self.max is not None:
+                raise ValueError("min and max go with metric; an attack's bar is min_robust_accuracy")
+            return self
+        if self.attack is not None or self.eps is not None or self.min_robust_accuracy is not None:
+            raise ValueError("a metric threshold names its value in the path: drop attack, eps and "
+                             "min_robust_accuracy")  # fmt: skip
+        if self.min is None and self.max is None:
+            raise ValueError(f"threshold on {self.metric} needs min or max")
+        parse_metric(self.metric)  # MetricPathError is a ValueError: a 422 with its sentence
+        return self
+
+    def path(self) -> MetricPath | None:
+        return parse_metric(self.metric) if self.metric is not None else None
 
 
 class EvaluationSpec(EvaluationOptions):
@@ -210,6 +330,11 @@ class EvaluationSpec(EvaluationOptions):
     @model_validator(mode="after")
     def _thresholds_name_attacks(self) -> EvaluationSpec:
         for threshold in self.thresholds:
+            path = threshold.path()
+            if path is not None:
+                self._check_metric(path)
+                continue
+            assert threshold.attack is not None  # the threshold's own validator holds it
             if threshold.attack >= len(self.attacks):
                 raise ValueError(
                     f"threshold for attack {threshold.attack}, but there are only {len(self.attacks)} attacks"
@@ -219,6 +344,20 @@ class EvaluationSpec(EvaluationOptions):
                     f"threshold for eps {threshold.eps:g}, which attack {threshold.attack} does not run"
                 )
         return self
+
+    def _check_metric(self, path: MetricPath) -> None:
+        """A metric threshold must name a value this evaluation will report."""
+        if path.kind == "worst_case":
+            runs = sorted({(a.norm, e) for a in self.attacks for e in a.eps_values()})
+            if not any(norm == path.norm and path.matches_eps(eps) for norm, eps in runs):
+                have = ", ".join(f"worst_case.{norm}.{eps:g}" for norm, eps in runs)
+                raise ValueError(f"threshold on {path}, but no attack runs there; this evaluation has {have}")
+        elif path.kind == "attacks":
+            assert path.attack is not None
+            if path.attack >= len(self.attacks):
+                raise ValueError(f"threshold on {path}, but there are only {len(self.attacks)} attacks")
+            if not any(path.matches_eps(e) for e in self.attacks[path.attack].eps_values()):
+                raise ValueError(f"threshold on {path}, an eps attack {path.attack} does not run")
 
 
 # Adversarial training

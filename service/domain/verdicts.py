@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from service.domain.attack_syntax import describe_validation_error
+from service.domain.metric_paths import MetricPath
 from service.domain.results import AttackResult, EvaluationResult
 from service.domain.specs import ATTACK_SPECS, AttackSpec, AttackSpecUnion, Threshold
 from service.domain.stats import accuracy_interval
@@ -44,6 +45,18 @@ class CheckOutcome:
     message: str = ""
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    # A metric threshold's check (`worst_case.linf.0.3`): its path and its upper bar, if any.
+    metric: str | None = None
+    max_value: float | None = None
+
+    def requirement(self) -> str:
+        """`≥ 80.0%`, `≤ 5.0%`, both, or empty: the bars this check applies."""
+        bars = []
+        if self.min_robust_accuracy is not None:
+            bars.append(f"≥ {pct(self.min_robust_accuracy)}")
+        if self.max_value is not None:
+            bars.append(f"≤ {pct(self.max_value)}")
+        return ", ".join(bars)
 
     @property
     def regression(self) -> float | None:
@@ -105,16 +118,76 @@ def judge(
             num_samples=result.num_samples,
             seconds=row.seconds,
         )
-        bars = [t for t in thresholds if t.attack == index and (t.eps is None or math.isclose(t.eps, eps))]
+        bars = [
+            t
+            for t in thresholds
+            if t.metric is None and t.attack == index and (t.eps is None or math.isclose(t.eps, eps))
+        ]
         for bar in bars:
             _apply_threshold(outcome, bar)
         if baseline is not None:
             tolerance = max_regression if isinstance(max_regression, float | int) else max_regression[index]
             _apply_baseline(outcome, row, baseline, float(tolerance))
-        outcome.passed = not outcome.problems
-        outcome.message = "; ".join(outcome.problems) if outcome.problems else _pass_message(outcome)
-        outcomes.append(outcome)
+        outcomes.append(_concluded(outcome))
+    # Metric bars are checks of their own, after the attacks' rows: a worst-case bar never replaces one.
+    outcomes += [_metric_outcome(result, bar, origins) for bar in thresholds if bar.metric is not None]
     return outcomes
+
+
+def _concluded(outcome: CheckOutcome) -> CheckOutcome:
+    outcome.passed = not outcome.problems
+    outcome.message = "; ".join(outcome.problems) if outcome.problems else _pass_message(outcome)
+    return outcome
+
+
+def _metric_outcome(
+    result: EvaluationResult, bar: Threshold, origins: Sequence[tuple[int, float]]
+) -> CheckOutcome:
+    """The check of a metric threshold: the value its path names, against its min and max."""
+    path = bar.path()
+    assert path is not None
+    n = result.num_samples
+    outcome = CheckOutcome(
+        name=bar.name or str(path), attack=path.kind, norm=path.norm or "", eps=path.eps or 0.0,
+        robust_accuracy=0.0, ci95=(0.0, 0.0), num_samples=n, use_lower_bound=bar.use_lower_bound,
+        metric=str(path), min_robust_accuracy=bar.min, max_value=bar.max,
+    )  # fmt: skip
+    found = _metric_row(result, path, origins)
+    if found is None:
+        outcome.problems.append(f"the result has no value for {path}")
+        return _concluded(outcome)
+    label, value, ci = found
+    outcome.name = bar.name or label
+    outcome.robust_accuracy, outcome.ci95 = value, ci
+    lo, hi = ci
+    judged_low, judged_high = (lo, hi) if bar.use_lower_bound else (value, value)
+    which = f" (95% CI {pct(lo)}–{pct(hi)})" if bar.use_lower_bound else ""
+    if bar.min is not None and judged_low < bar.min - 1e-12:
+        outcome.problems.append(f"{path} is {pct(value)}{which}, below the required {pct(bar.min)}")
+    if bar.max is not None and judged_high > bar.max + 1e-12:
+        outcome.problems.append(f"{path} is {pct(value)}{which}, above the allowed {pct(bar.max)}")
+    return _concluded(outcome)
+
+
+def _metric_row(
+    result: EvaluationResult, path: MetricPath, origins: Sequence[tuple[int, float]]
+) -> tuple[str, float, tuple[float, float]] | None:
+    """What a path names in a result: a label for reports, the value, its 95% interval."""
+    n = result.num_samples
+    if path.kind == "clean_accuracy":
+        return "clean accuracy", result.clean_accuracy, accuracy_interval(result.clean_accuracy, n)
+    if path.kind == "worst_case":
+        for worst in result.worst_case:
+            if worst.norm == path.norm and path.matches_eps(worst.eps):
+                names = ", ".join(dict.fromkeys(worst.attacks))
+                label = f"worst case {worst.norm} eps={worst.eps:g} ({names})"
+                return label, worst.robust_accuracy, robust_interval(worst, n)
+        return None
+    for row, (index, eps) in zip(result.attacks, origins, strict=True):
+        if index == path.attack and path.matches_eps(eps):
+            label = f"{attack_label(row.name, row.spec)} {row.norm} eps={row.eps:g}"
+            return label, row.robust_accuracy, robust_interval(row, n)
+    return None
 
 
 def _row_origins(result: EvaluationResult, attacks: Sequence[AttackSpecUnion]) -> list[tuple[int, float]]:
@@ -128,6 +201,7 @@ def _row_origins(result: EvaluationResult, attacks: Sequence[AttackSpecUnion]) -
 
 
 def _apply_threshold(outcome: CheckOutcome, bar: Threshold) -> None:
+    assert bar.min_robust_accuracy is not None  # an attack's bar (Threshold's validator holds it)
     outcome.min_robust_accuracy = max(outcome.min_robust_accuracy or 0.0, bar.min_robust_accuracy)
     outcome.use_lower_bound = outcome.use_lower_bound or bar.use_lower_bound
     if bar.name and not outcome.name.startswith(bar.name):
@@ -179,8 +253,13 @@ def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _pass_message(outcome: CheckOutcome) -> str:
     lo, hi = outcome.ci95
-    text = f"robust accuracy {pct(outcome.robust_accuracy)} (95% CI {pct(lo)}–{pct(hi)})"
-    if outcome.min_robust_accuracy is not None:
+    what = outcome.metric or "robust accuracy"
+    text = f"{what} {pct(outcome.robust_accuracy)} (95% CI {pct(lo)}–{pct(hi)})"
+    if outcome.metric is not None:
+        text += f", within the bars {outcome.requirement()}"
+        if outcome.use_lower_bound:
+            text += " (judged on the 95% interval)"
+    elif outcome.min_robust_accuracy is not None:
         what = "lower bound" if outcome.use_lower_bound else "estimate"
         text += f", {what} at or above the required {pct(outcome.min_robust_accuracy)}"
     if outcome.baseline_robust_accuracy is not None:

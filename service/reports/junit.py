@@ -64,6 +64,9 @@ def _numbers(outcome: CheckOutcome) -> str:
     if outcome.min_robust_accuracy is not None:
         bound = "lower bound of ci95" if outcome.use_lower_bound else "estimate"
         lines.append(f"min_robust_accuracy={outcome.min_robust_accuracy:g} (judged on the {bound})")
+    if outcome.max_value is not None:
+        bound = "upper bound of ci95" if outcome.use_lower_bound else "estimate"
+        lines.append(f"max={outcome.max_value:g} (judged on the {bound})")
     if outcome.baseline_robust_accuracy is not None:
         lines.append(
             f"baseline_robust_accuracy={outcome.baseline_robust_accuracy:.6f} "

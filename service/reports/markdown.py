@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from service.domain.headline import headlines
 from service.domain.results import EvaluationResult
 from service.domain.verdicts import CheckOutcome, pct
 
@@ -28,7 +29,7 @@ def markdown_report(
         context += f"; job `{job_id}`"
     if reused_from:
         context += f" (result reused from `{reused_from}`)"
-    lines += [context + ".", ""]
+    lines += [context + ".", "", *_headline_lines(result)]
     with_baseline = any(o.baseline_robust_accuracy is not None for o in outcomes)
     header = ["", "attack", "robust accuracy", "95% CI", "required"] + (["baseline"] if with_baseline else [])
     lines.append("| " + " | ".join(header) + " |")
@@ -37,9 +38,9 @@ def markdown_report(
     )
     for o in outcomes:
         lo, hi = o.ci95
-        required = "—"
-        if o.min_robust_accuracy is not None:
-            required = f"≥ {pct(o.min_robust_accuracy)}" + (" (lower bound)" if o.use_lower_bound else "")
+        required = o.requirement() or "—"
+        if o.requirement() and o.use_lower_bound:
+            required += " (95% interval)" if o.max_value is not None else " (lower bound)"
         cells = [
             "✅" if o.passed else "❌",
             _escape(o.name),
@@ -56,6 +57,17 @@ def markdown_report(
     if result.warnings:
         lines += ["", "Warnings:", *(f"- {_escape(w)}" for w in result.warnings)]
     return "\n".join(lines) + "\n"
+
+
+def _headline_lines(result: EvaluationResult) -> list[str]:
+    """The figure to quote, per norm: the autoattack worst case when it ran, else a marked sanity figure."""
+    lines = []
+    for headline in headlines(result.model_dump(mode="json")):
+        ci = f" (95% CI {pct(headline.ci95[0])}–{pct(headline.ci95[1])})" if headline.ci95 else ""
+        title = _escape(headline.title())
+        text = f"**{title[:1].upper()}{title[1:]}: {pct(headline.robust_accuracy)}**{ci}"
+        lines.append(text + (f" — {headline.note()}." if headline.note() else "."))
+    return [*lines, ""] if lines else []
 
 
 def _baseline_cell(outcome: CheckOutcome) -> str:

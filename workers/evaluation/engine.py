@@ -21,10 +21,14 @@ from service.domain.results import EvaluationResult, Progress
 from service.domain.specs import AttackSpecBase, EvaluationOptions
 from workers.attacks import Attack, attack_from_spec
 from workers.attacks.losses import cross_entropy
-from workers.evaluation import sanity
+from workers.evaluation import diagnostics, probes, sanity
+from workers.evaluation.ensemble import ENSEMBLES, Ensemble, EnsembleOutput
 from workers.evaluation.examples import ExampleKeeper
-from workers.evaluation.robustness import AttackRun, attack_result, cost, per_class, worst_case
+from workers.evaluation.robustness import AttackRun, StageWork, attack_result, cost, per_class, worst_case
 from workers.models.loading import LoadedModel
+
+# What the engine runs for one attack spec: a registered attack, or an ensemble of them.
+Runner = Attack | Ensemble
 
 # Seed path of the one-sample warm-up run, apart from every batch index.
 _WARM_UP = 2**32 - 1
@@ -112,17 +116,15 @@ def evaluate(
     tracker = _Tracker(progress, should_stop)
     x, y, warnings = _prepare(model, dataset, options)
     n = x.shape[0]
-    attacks = [(spec, attack_from_spec(spec)) for spec in options.attacks]
-    tracker.total = n + sum(n * a.gradient_steps * a.restarts * len(s.eps_values()) for s, a in attacks)
+    units = units_per_sample(options)
+    tracker.total = n + n * units
 
     clean_pred, zero_grad, bad_grad = _clean_pass(model, x, y, options.batch_size, tracker)
     clean_correct = clean_pred == y
     keeper = (
         ExampleKeeper.for_samples(y, clean_pred, keep_examples, x.shape[1:]) if keep_examples > 0 else None
     )
-    tracker.total = n + sum(
-        int(clean_correct.sum()) * a.gradient_steps * a.restarts * len(s.eps_values()) for s, a in attacks
-    )
+    tracker.total = n + int(clean_correct.sum()) * units
     runs = attack_runs(model, x, y, clean_pred, options, tracker, keeper=keeper)
     outcome = summarize(
         runs, y, clean_pred, zero_grad, bad_grad, options, warnings=warnings, num_classes=model.num_classes,
@@ -155,18 +157,36 @@ def attack_runs(
     clean_correct = clean_pred == y
     runs: list[AttackRun] = []
     for index, spec in enumerate(options.attacks):
-        attack = attack_from_spec(spec)
+        attack = runner_for(spec)
         goal = attack.goals(y, model.num_classes, (options.seed, index))
+        previous: AttackRun | None = None
         for eps_index, eps in enumerate(spec.eps_values()):
-            runs.append(
-                _run_attack(
-                    model, attack, spec, x, y, goal, clean_correct, clean_pred, options,
-                    index=index, eps=eps, seed=(options.seed, index, eps_index), tracker=tracker,
-                    batches=batches,
-                    keeper=keeper,
-                )
+            # An ensemble's eps list ascends (its spec checks): each eps attacks the previous one's survivors.
+            carried = previous if isinstance(attack, Ensemble) else None
+            previous = _run_attack(
+                model, attack, spec, x, y, goal, clean_correct, clean_pred, options,
+                index=index, eps=eps, seed=(options.seed, index, eps_index), tracker=tracker,
+                batches=batches, keeper=keeper, carried=carried,
             )  # fmt: skip
+            runs.append(previous)
     return runs
+
+
+def runner_for(spec: AttackSpecBase) -> Runner:
+    """The attack or the ensemble a validated spec describes."""
+    ensemble = ENSEMBLES.get(spec.name)
+    return ensemble(spec) if ensemble is not None else attack_from_spec(spec)
+
+
+def units_per_sample(options: EvaluationOptions) -> float:
+    """Progress units of one attacked sample: the most passes every attack at every eps can make."""
+    return float(
+        sum(
+            runner.gradient_steps * runner.restarts * len(spec.eps_values())
+            for spec in options.attacks
+            for runner in [runner_for(spec)]
+        )
+    )
 
 
 def summarize(
@@ -199,8 +219,10 @@ def summarize(
     warnings += sanity.eps_monotonicity(groups, n)
     warnings += sanity.single_step_beats_iterative(results, n)
     warnings += sanity.large_eps_not_reached(worst, hi - lo)
+    warnings += diagnostics.masking_warnings(runs, results, clean_correct)
 
-    forward = n + sum(run.forward for run in runs)  # the clean pass: one forward and one backward each
+    # The clean pass: one forward and one backward each; the model probes: a few forward passes.
+    forward = n + probes.probe_passes(n) + sum(run.forward for run in runs)
     backward = n + sum(run.backward for run in runs)
     result = EvaluationResult(
         num_samples=n,
@@ -229,6 +251,10 @@ def summarize(
         per_sample[f"l2_{i}"] = run.l2
         if run.spec.targeted:
             per_sample[f"target_{i}"] = run.goal
+        if run.broken_by is not None:
+            stages = results[i].stages or []
+            per_sample[f"stage_{i}"] = run.broken_by
+            per_sample[f"stage_names_{i}"] = np.array([s.name for s in stages], dtype=np.str_)
     per_sample.update(worst_arrays)
     return EvaluationOutcome(result, per_sample)
 
@@ -249,7 +275,7 @@ def _prepare(
             f"(classes 0 to {model.num_classes - 1})"
         )
     for spec in options.attacks:
-        problem = attack_from_spec(spec).unsupported(model.num_classes)
+        problem = runner_for(spec).unsupported(model.num_classes)
         if problem is not None:
             raise EvaluationError(problem)
         if spec.target is not None and spec.target >= model.num_classes:
@@ -267,7 +293,8 @@ def _prepare(
             f"x has values in [{x_min:g}, {x_max:g}] outside input_range [{lo:g}, {hi:g}]; "
             "set input_range to the model's input range"
         )
-    return np.clip(x, lo, hi), y, []
+    x = np.clip(x, lo, hi)
+    return x, y, probes.model_warnings(model, x, options)
 
 
 def _fit_shape(x: np.ndarray, model_shape: tuple[int, ...]) -> np.ndarray:
@@ -328,7 +355,7 @@ def _clean_pass(
 
 def _run_attack(
     model: LoadedModel,
-    attack: Attack,
+    attack: Runner,
     spec: AttackSpecBase,
     x: np.ndarray,
     y: np.ndarray,
@@ -343,8 +370,14 @@ def _run_attack(
     tracker: _Tracker,
     batches: range | None = None,
     keeper: ExampleKeeper | None = None,
+    carried: AttackRun | None = None,
 ) -> AttackRun:
-    """One attack at one eps over the clean-correct samples, batch by batch (only `batches` when given)."""
+    """One attack at one eps over the clean-correct samples, batch by batch (only `batches` when given).
+
+    With `carried` (an ensemble's run at its previous, smaller eps) the samples broken there count as
+    broken here and only the others are attacked; the batches stay those of the clean-correct samples,
+    so a shard computes the same as the whole evaluation.
+    """
     if keeper is not None:
         keeper.start(x)  # samples never attacked keep their clean input
     n = x.shape[0]
@@ -353,54 +386,76 @@ def _run_attack(
     attacked = clean_correct & (goal != y) if spec.targeted else clean_correct.copy()
     adv_pred, fooled = clean_pred.copy(), np.zeros(n, bool)
     linf, l2 = np.zeros(n, np.float32), np.zeros(n, np.float32)
-    forward = backward = 0
+    ensemble = isinstance(attack, Ensemble)
+    stages = [StageWork() for _ in attack.attacks] if isinstance(attack, Ensemble) else None
+    broken_by = np.zeros(n, np.int8) if ensemble else None
+    if carried is not None and broken_by is not None:
+        before = carried.fooled
+        adv_pred[before], fooled[before] = carried.adv_pred[before], True
+        linf[before], l2[before], broken_by[before] = carried.linf[before], carried.l2[before], -1
+        if keeper is not None:
+            keeper.carry_over(before)
+    forward = backward = queries = 0
     indices = np.flatnonzero(attacked)
     units = attack.gradient_steps * attack.restarts
     whole = batches is None  # a shard's tracker counts only the work of its own batches
+
+    def run_for(**work: Any) -> AttackRun:
+        return AttackRun(
+            spec, index, eps, adv_pred, fooled, linf, l2, attacked, goal, stages=stages, broken_by=broken_by,
+            cumulative=carried is not None, **work,
+        )  # fmt: skip
+
     if eps == 0:  # nothing can move: the clean predictions, exactly, at no cost
         tracker.advance(units * int(clean_correct.sum()) if whole else 0.0, stage)
-        return AttackRun(spec, index, eps, adv_pred, fooled, linf, l2, attacked, goal, 0, 0, 0.0)
+        return run_for(forward=0, backward=0, seconds=0.0, queries=0)
     bounds = options.input_range
     if indices.size and not attack.is_compiled(model, bounds):
         first = indices[:1]
-        attack(
-            model,
-            x[first],
-            y[first],
-            eps=eps,
-            seed=(*seed, _WARM_UP),
-            input_range=bounds,
-            targets=goal[first],
-        )
+        warm_seed = (*seed, _WARM_UP)
+        if isinstance(attack, Ensemble):
+            attack.warm_up(model, x[first], y[first], eps=eps, seed=warm_seed, input_range=bounds)
+        else:
+            attack(
+                model, x[first], y[first], eps=eps, seed=warm_seed, input_range=bounds, targets=goal[first]
+            )
     started = time.perf_counter()
     for batch, start in enumerate(range(0, indices.size, options.batch_size)):
         if batches is not None and batch not in batches:
             continue
         tracker.check()
         chosen = indices[start : start + options.batch_size]
-        out = attack(
-            model,
-            x[chosen],
-            y[chosen],
-            eps=eps,
-            seed=(*seed, batch),
-            input_range=bounds,
-            targets=goal[chosen],
-        )
-        adv_pred[chosen] = out.pred
-        fooled[chosen] = out.success
-        delta = (out.x_adv - x[chosen]).reshape(chosen.size, -1)
-        linf[chosen] = np.abs(delta).max(axis=1)
-        l2[chosen] = np.sqrt(np.square(delta, dtype=np.float64).sum(axis=1))
-        forward += out.forward_passes
-        backward += out.backward_passes
-        if keeper is not None:
-            keeper.record(chosen, out.x_adv)
-        tracker.advance(units * chosen.size, stage)
+        if ensemble:
+            chosen = chosen[~fooled[chosen]]  # the survivors of the smaller eps
+        if chosen.size:
+            out = attack(
+                model,
+                x[chosen],
+                y[chosen],
+                eps=eps,
+                seed=(*seed, batch),
+                input_range=bounds,
+                targets=goal[chosen],
+            )
+            adv_pred[chosen] = out.pred
+            fooled[chosen] = out.success
+            delta = (out.x_adv - x[chosen]).reshape(chosen.size, -1)
+            linf[chosen] = np.abs(delta).max(axis=1)
+            l2[chosen] = np.sqrt(np.square(delta, dtype=np.float64).sum(axis=1))
+            forward += out.forward_passes
+            backward += out.backward_passes
+            queries += out.queries
+            if isinstance(out, EnsembleOutput) and stages is not None and broken_by is not None:
+                broken_by[chosen] = out.broken_by
+                for total, work in zip(stages, out.stages, strict=True):
+                    total.add(work)
+            if keeper is not None:
+                keeper.record(chosen, out.x_adv)
+        tracker.advance(units * (min(start + options.batch_size, indices.size) - start), stage)
     # Samples left out (clean-wrong, or targeted at their own label) still count in the expected work.
     tracker.advance(units * int(clean_correct.sum() - indices.size) if whole else 0.0, stage)
     seconds = time.perf_counter() - started
-    return AttackRun(spec, index, eps, adv_pred, fooled, linf, l2, attacked, goal, forward, backward, seconds)
+    return run_for(forward=forward, backward=backward, seconds=seconds, queries=queries)
 
 
 def _versions() -> dict[str, str]:

@@ -150,6 +150,12 @@ class ExampleKeeper:
     def record(self, chosen: np.ndarray, x_adv: np.ndarray) -> None:
         keep_rows(self.kept[-1], self.indices, chosen, x_adv)
 
+    def carry_over(self, broken: np.ndarray) -> None:
+        """The run just started keeps the previous run's inputs for the samples `broken` (a mask) there."""
+        if len(self.kept) > 1:
+            mine = broken[self.indices]
+            self.kept[-1][mine] = self.kept[-2][mine]
+
     def arrays(
         self,
         x: np.ndarray,

@@ -3,17 +3,50 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from service.domain.results import AttackCost, AttackResult, Perturbation, WorstCaseResult
-from service.domain.specs import AttackSpecBase, PGDSpec
+from service.domain.results import AttackCost, AttackResult, Perturbation, StageResult, WorstCaseResult
+from service.domain.specs import AttackSpecBase, AutoAttackSpec, PGDSpec
 from service.domain.stats import wilson_interval
 
 
 @dataclass
+class StageWork:
+    """One ensemble stage's work at one eps (per batch, then summed): samples it ran on and broke, passes."""
+
+    attacked: int = 0
+    broken: int = 0
+    forward: int = 0
+    backward: int = 0
+    queries: int = 0
+    seconds: float = 0.0
+    last_restart_broken: int = 0  # broken by the stage's last restart, when it has several
+
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "attacked",
+        "broken",
+        "forward",
+        "backward",
+        "queries",
+        "last_restart_broken",
+    )
+
+    def add(self, other: StageWork) -> None:
+        for name in self.FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.seconds += other.seconds
+
+
+@dataclass
 class AttackRun:
-    """One attack at one eps over the whole evaluation: per-sample arrays plus the work it took."""
+    """One attack at one eps over the whole evaluation: per-sample arrays plus the work it took.
+
+    An ensemble's run also holds its stages' work and, per sample, `broken_by`: 1 + the index of the
+    stage that broke it, 0 when none did, -1 when it was broken at the attack's smaller eps already
+    (`cumulative` runs attack only the survivors of that one).
+    """
 
     spec: AttackSpecBase
     index: int
@@ -27,6 +60,10 @@ class AttackRun:
     forward: int
     backward: int
     seconds: float
+    queries: int | None = None  # None: one per forward pass
+    stages: list[StageWork] | None = None
+    broken_by: np.ndarray | None = None
+    cumulative: bool = False
 
 
 def _robust(run: AttackRun, clean_correct: np.ndarray) -> np.ndarray:
@@ -59,8 +96,40 @@ def attack_result(run: AttackRun, y: np.ndarray, clean_correct: np.ndarray, num_
         per_class_robust_accuracy=per_class(robust, y, num_classes),
         seconds=run.seconds,
         samples_per_second=n / run.seconds if run.seconds > 0 else 0.0,
-        cost=cost(run.forward, run.backward, n),
+        cost=cost(run.forward, run.backward, n, queries=run.queries),
+        stages=stage_results(run, clean_correct) if run.stages is not None else None,
+        cumulative=run.cumulative,
     )
+
+
+def stage_specs(run: AttackRun) -> list[AttackSpecBase]:
+    """The stage specs of an ensemble's run, in order (none for a plain attack)."""
+    return run.spec.stages() if isinstance(run.spec, AutoAttackSpec) else []
+
+
+def stage_results(run: AttackRun, clean_correct: np.ndarray) -> list[StageResult]:
+    """Per stage of an ensemble run: robust accuracy after it (and every earlier one), its work."""
+    assert run.stages is not None and run.broken_by is not None
+    specs = stage_specs(run)
+    n = clean_correct.size
+    robust = clean_correct & (run.broken_by != -1)
+    results = []
+    for index, (stage, work) in enumerate(zip(specs, run.stages, strict=True)):
+        robust = robust & (run.broken_by != index + 1)
+        fields = stage.model_dump(mode="json")
+        fields["eps"] = run.eps
+        results.append(
+            StageResult(
+                name=stage.label(),
+                spec=fields,
+                num_attacked=work.attacked,
+                robust_accuracy=float(robust.mean()) if n else 0.0,
+                broken=work.broken,
+                seconds=work.seconds,
+                cost=cost(work.forward, work.backward, n, queries=work.queries),
+            )
+        )
+    return results
 
 
 def worst_case(
@@ -93,10 +162,11 @@ def per_class(hits: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, fl
     return {str(c): float(hits[y == c].mean()) for c in range(num_classes) if np.any(y == c)}
 
 
-def cost(forward: int, backward: int, n: int) -> AttackCost:
+def cost(forward: int, backward: int, n: int, *, queries: int | None = None) -> AttackCost:
     return AttackCost(
         forward_passes=forward,
         backward_passes=backward,
         forward_per_sample=forward / n if n else 0.0,
         backward_per_sample=backward / n if n else 0.0,
+        queries=queries,
     )

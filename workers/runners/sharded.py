@@ -34,7 +34,6 @@ from service.errors import NotFound
 from service.settings import Settings
 from service.store.records import JobRecord
 from service.store.shards import ShardRecord, ShardSpan, ShardStore, parse_shard_key, shard_key
-from workers.attacks import attack_from_spec
 from workers.context import (
     WorkerContext,
     builtin_dataset,
@@ -45,6 +44,7 @@ from workers.context import (
 from workers.evaluation import engine as evaluation
 from workers.evaluation.engine import EvaluationCancelled
 from workers.evaluation.robustness import AttackRun
+from workers.evaluation.run_arrays import merged_run, run_arrays
 from workers.models.loading import LoadedModel
 from workers.runners.base import HandedOn, JobRunner, WholeJobRunner
 from workers.runners.evaluation import run_evaluation as run_unsharded
@@ -101,14 +101,6 @@ def _inputs(ctx: WorkerContext, spec: EvaluationSpec) -> tuple[LoadedModel, Arra
     return model, job_dataset(ctx, spec.dataset_id), spec.options()
 
 
-def _units_per_sample(options: EvaluationOptions) -> float:
-    total = 0.0
-    for spec in options.attacks:
-        attack = attack_from_spec(spec)
-        total += attack.gradient_steps * attack.restarts * len(spec.eps_values())
-    return total
-
-
 def _save_npz(path: Path, arrays: dict[str, Any]) -> None:
     # Written whole then renamed: a reader never sees half a file, a rerun overwrites.
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +134,7 @@ class _Coordinator(WholeJobRunner):
         spec = EvaluationSpec.model_validate(claim.spec)
         model, dataset, options = _inputs(ctx, spec)
         x, y, warnings = evaluation._prepare(model, dataset, options)
-        units = _units_per_sample(options)
+        units = evaluation.units_per_sample(options)
         tracker = evaluation._Tracker(heartbeat.update, heartbeat.should_stop)
         tracker.total = y.shape[0] * (1 + units)
         clean_pred, zero_grad, bad_grad = evaluation._clean_pass(model, x, y, options.batch_size, tracker)
@@ -280,18 +272,7 @@ class _Shard(JobRunner[ShardRecord]):
         )  # fmt: skip
         arrays: dict[str, Any] = {}
         for i, run in enumerate(runs):
-            arrays.update(
-                {
-                    f"adv_pred_{i}": run.adv_pred,
-                    f"fooled_{i}": run.fooled,
-                    f"linf_{i}": run.linf,
-                    f"l2_{i}": run.l2,
-                    f"attacked_{i}": run.attacked,
-                    f"goal_{i}": run.goal,
-                    f"passes_{i}": np.array([run.forward, run.backward], np.int64),
-                    f"seconds_{i}": np.array(run.seconds),
-                }
-            )
+            arrays.update(run_arrays(run, i))
         _save_npz(shard_dir(settings, job_id) / f"shard-{self.index}.npz", arrays)
         return None
 
@@ -355,29 +336,10 @@ def merge_runs(
 ) -> list[AttackRun]:
     """The whole evaluation's attack runs from the shards' arrays (shard i computed global `batches[i]`)."""
     runs: list[AttackRun] = []
-    size = options.batch_size
     for index, spec in enumerate(options.attacks):
         for eps in spec.eps_values():
-            r = len(runs)
-            attacked, goal = parts[0][f"attacked_{r}"], parts[0][f"goal_{r}"]
-            adv_pred, fooled = clean_pred.copy(), np.zeros(clean_pred.shape[0], bool)
-            linf, l2 = np.zeros(clean_pred.shape[0], np.float32), np.zeros(clean_pred.shape[0], np.float32)
-            indices = np.flatnonzero(attacked)
-            forward = backward = 0
-            seconds = 0.0
-            for span, part in zip(batches, parts, strict=True):
-                mine = indices[span.start * size : span.stop * size]
-                adv_pred[mine] = part[f"adv_pred_{r}"][mine]
-                fooled[mine] = part[f"fooled_{r}"][mine]
-                linf[mine] = part[f"linf_{r}"][mine]
-                l2[mine] = part[f"l2_{r}"][mine]
-                forward += int(part[f"passes_{r}"][0])
-                backward += int(part[f"passes_{r}"][1])
-                seconds += float(part[f"seconds_{r}"])  # attack time summed over the shards' workers
             runs.append(
-                AttackRun(
-                    spec, index, eps, adv_pred, fooled, linf, l2, attacked, goal, forward, backward, seconds
-                )
+                merged_run(spec, index, eps, len(runs), clean_pred, batches, parts, options.batch_size)
             )
     return runs
 

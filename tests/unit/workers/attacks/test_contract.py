@@ -17,6 +17,7 @@ from service.domain.datasets import ArrayDataset
 from service.domain.specs import (
     ATTACK_NAMES,
     ATTACK_SPECS,
+    ENSEMBLE_NAMES,
     APGDCESpec,
     APGDDLRSpec,
     AttackSpecBase,
@@ -24,6 +25,7 @@ from service.domain.specs import (
     PGDSpec,
 )
 from workers.attacks import ATTACKS, UnknownAttack, attack_from_spec
+from workers.evaluation.ensemble import ENSEMBLES
 from workers.models.loading import LoadedModel, from_keras
 
 N = 100
@@ -77,7 +79,10 @@ def counting(model: LoadedModel) -> tuple[LoadedModel, tf.Variable, tf.Variable]
 
 
 def test_the_service_specs_the_worker_registry_and_this_table_agree() -> None:
-    assert set(ATTACK_NAMES) == set(ATTACKS) == set(CONTRACT)
+    # Ensembles are attacks made of registered attacks; the engine runs them (workers/evaluation).
+    assert set(ENSEMBLE_NAMES) == set(ENSEMBLES) and not set(ENSEMBLES) & set(ATTACKS)
+    assert set(ATTACK_NAMES) == set(ATTACKS) | set(ENSEMBLES)
+    assert set(ATTACKS) == set(CONTRACT)
     for name, cls in ATTACKS.items():
         assert cls.name == name and isinstance(CONTRACT[name], ATTACK_SPECS[name])
         assert type(attack_from_spec(CONTRACT[name])) is cls

@@ -12,6 +12,7 @@ from service.domain.datasets import ArrayDataset
 from service.domain.results import Progress
 from service.domain.specs import EvaluationOptions, FGSMSpec, PGDSpec
 from workers.evaluation.engine import EvaluationCancelled, EvaluationError, EvaluationOutcome, evaluate
+from workers.evaluation.probes import probe_passes
 from workers.models.loading import LoadedModel, from_keras
 
 N = 200
@@ -105,7 +106,9 @@ def test_cost_counts_the_engine_work(outcome: EvaluationOutcome) -> None:
     scored = restarted.forward_passes - restarted.backward_passes
     assert attacked < scored < 3 * attacked and restarted.backward_passes <= 10 * scored
     assert result.cost is not None
-    assert result.cost.forward_passes == N + sum(a.cost.forward_passes for a in result.attacks)
+    # The clean pass and the model probes (two forward passes on a few samples) come on top.
+    probes = probe_passes(N)
+    assert result.cost.forward_passes == N + probes + sum(a.cost.forward_passes for a in result.attacks)
     assert result.cost.backward_passes == N + sum(a.cost.backward_passes for a in result.attacks)
 
 
