@@ -53,3 +53,20 @@ def digits_keras(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def wait_until() -> Callable[..., None]:
     """`wait_until(check, timeout=30)`: return once `check()` is truthy; tests assert states, not times."""
     return waiting.wait_until
+
+
+# AutoAttack versions small enough for tests, from the stages every branch has: a version is data.
+SMALL_AUTOATTACK = {
+    "fast": ({"name": "apgd-ce", "steps": 5}, {"name": "apgd-dlr", "steps": 5}),
+    "standard": ({"name": "apgd-ce", "steps": 5, "restarts": 2}, {"name": "apgd-dlr", "steps": 5}),
+}
+
+
+@pytest.fixture
+def small_autoattack(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[dict[str, Any], ...]]:
+    """`autoattack` versions of two 5-step stages (the real ones take minutes per model)."""
+    from service.domain import specs
+
+    for version, stages in SMALL_AUTOATTACK.items():
+        monkeypatch.setitem(specs.AUTOATTACK_STAGES, version, stages)
+    return SMALL_AUTOATTACK

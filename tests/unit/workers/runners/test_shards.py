@@ -34,6 +34,15 @@ SPEC = {
     "batch_size": 32,
     "seed": 7,
 }
+# autoattack (the small versions of the `small_autoattack` fixture) over two eps: stages and cumulative rows.
+AUTOATTACK_SPEC = {
+    **SPEC,
+    "attacks": [
+        {"name": "fgsm", "eps": 0.1},
+        {"name": "autoattack", "eps": [0.05, 0.1], "version": "standard"},
+        {"name": "pgd", "eps": 0.1, "steps": 3, "targeted": True},
+    ],
+}
 TIMING = {"seconds", "samples_per_second"}
 
 
@@ -127,18 +136,19 @@ def test_shard_keys_round_trip() -> None:
     assert parse_shard_key(shard_key("job_a-b_C", 12)) == ("job_a-b_C", 12)
 
 
+@pytest.mark.parametrize("spec", [SPEC, AUTOATTACK_SPEC], ids=["attacks", "autoattack"])
 def test_sharded_evaluation_merges_into_the_single_worker_report(
-    ctx: WorkerContext, digits_keras: Path
+    ctx: WorkerContext, digits_keras: Path, spec: dict[str, Any], small_autoattack: Any
 ) -> None:
     model_id = _ready_model(ctx, digits_keras)
     whole_ctx = dataclasses.replace(
         ctx, settings=ctx.settings.model_copy(update={"shard_min_samples": 10_000})
     )
-    whole_id = _job(ctx, model_id)
+    whole_id = _job(ctx, model_id, spec)
     assert shards.run_evaluation(whole_ctx, whole_id) == "succeeded"
     assert ShardStore(ctx.store).get_plan(whole_id) is None  # small enough: one task, as before
 
-    job_id = _job(ctx, model_id)
+    job_id = _job(ctx, model_id, spec)
     assert shards.run_evaluation(ctx, job_id) == "running"
     job = ctx.store.get_job(job_id)
     assert (job.status, job.phase, job.worker, job.lease_until) == ("running", "sharded", None, None)
@@ -158,6 +168,9 @@ def test_sharded_evaluation_merges_into_the_single_worker_report(
     assert sharded.result is not None and whole.result is not None
     assert _without_timing(sharded.result) == _without_timing(whole.result)
     assert sharded.result["attacks"][2]["robust_accuracy"] < sharded.result["clean_accuracy"]
+    if spec is AUTOATTACK_SPEC:  # the stages and the per-sample stage arrays merged too
+        assert [len(row["stages"] or []) for row in sharded.result["attacks"]] == [0, 2, 2, 0]
+        assert sharded.result["attacks"][2]["cumulative"] is True
     a, b = _per_sample(ctx, job_id), _per_sample(ctx, whole_id)
     assert a.keys() == b.keys()
     for name in a:
