@@ -12,8 +12,12 @@ A checks file names a model, a dataset, and attacks with the robust accuracy eac
     steps = 20
     min_robust_accuracy = 0.3
     use_lower_bound = true         # the 95% interval's lower bound must clear the bar
+    [[thresholds]]                 # a bar on any metric path (service/domain/metric_paths.py)
+    metric = "worst_case.linf.0.3"
+    min = 0.8                      # and/or max = ...
 
-Judging a result against these bars is `service.verdicts`.
+A `[[thresholds]]` bar is a check of its own: a worst-case bar never replaces an attack's bar.
+Judging a result against these bars is `service.domain.verdicts`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from service.domain.attack_syntax import describe_validation_error
-from service.domain.specs import AttackSpec, AttackSpecUnion, Threshold
+from service.domain.specs import ATTACK_NAMES, AttackSpec, AttackSpecUnion, EvaluationSpec, Threshold
 from service.domain.verdicts import DEFAULT_TOLERANCE
 
 CONFIG_NAME = "parry.toml"
@@ -100,6 +104,16 @@ class CheckEntry(BaseModel):
         return {"name": self.attack.lower(), **(self.model_extra or {})}
 
 
+class MetricThreshold(_Section):
+    """One `[[thresholds]]` table: a metric path and the bars its value must clear."""
+
+    metric: str = Field(min_length=1, max_length=200)
+    min: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    max: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    use_lower_bound: bool | None = None
+    name: str | None = Field(default=None, max_length=200)
+
+
 class CheckConfig(_Section):
     """A whole checks file; relative paths in it are relative to the file."""
 
@@ -109,6 +123,9 @@ class CheckConfig(_Section):
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     baseline: BaselineSection | None = None
     checks: list[CheckEntry] = Field(min_length=1, max_length=64)
+    metric_thresholds: list[MetricThreshold] = Field(
+        default_factory=list, max_length=1000, alias="thresholds"
+    )
 
     def attack_specs(self) -> list[AttackSpecUnion]:
         specs = []
@@ -131,7 +148,17 @@ class CheckConfig(_Section):
             )
             for i, check in enumerate(self.checks)
             if check.min_robust_accuracy is not None
-        ]
+        ] + [self._metric_threshold(i, bar) for i, bar in enumerate(self.metric_thresholds)]
+
+    def _metric_threshold(self, i: int, bar: MetricThreshold) -> Threshold:
+        lower = self.use_lower_bound if bar.use_lower_bound is None else bar.use_lower_bound
+        try:
+            return Threshold(
+                metric=bar.metric, min=bar.min, max=bar.max, use_lower_bound=lower, name=bar.name
+            )
+        except ValidationError as exc:
+            problem = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            raise CheckConfigError(f"thresholds[{i}] ({bar.metric}): {problem}") from None
 
     def evaluation_spec(self, *, model_id: str, dataset_id: str, no_cache: bool = False) -> dict[str, Any]:
         """The body of `POST /v1/evaluations` for these checks."""
@@ -159,7 +186,7 @@ class CheckConfig(_Section):
 def _attack_problem(exc: ValidationError) -> str:
     problem = exc.errors()[0]
     if problem["type"] == "union_tag_invalid":
-        return "unknown attack; known attacks: fgsm, pgd"
+        return f"unknown attack; known attacks: {', '.join(ATTACK_NAMES)}"
     return describe_validation_error(exc)
 
 
@@ -184,7 +211,11 @@ def load_config(path: Path) -> CheckConfig:
         config = CheckConfig.model_validate(raw)
     except ValidationError as exc:
         raise CheckConfigError(f"{path}: {_config_problem(exc)}") from None
-    config.attack_specs()  # attack fields are checked now, not when the server answers 422
+    # Attack fields and metric paths are checked now, not when the server answers 422.
+    try:
+        EvaluationSpec.model_validate(config.evaluation_spec(model_id="-", dataset_id="-"))
+    except ValidationError as exc:
+        raise CheckConfigError(f"{path}: {describe_validation_error(exc)}") from None
     base = path.parent
     if config.model.path is not None:
         config.model.path = _existing(base / config.model.path, "model", path)

@@ -41,7 +41,7 @@ def result_table(result: EvaluationResult) -> Table:
     table.add_column("samples/s", justify="right")
     for row in result.attacks:
         table.add_row(
-            attack_label(row.name, row.spec),
+            attack_label(row.name, row.spec) + (" (cumulative)" if row.cumulative else ""),
             row.norm,
             f"{row.eps:g}",
             _pct(row.robust_accuracy),
@@ -51,6 +51,19 @@ def result_table(result: EvaluationResult) -> Table:
             f"{row.cost.forward_per_sample + row.cost.backward_per_sample:.1f}",
             f"{row.samples_per_second:.0f}",
         )
+        for stage in row.stages or []:  # an ensemble: robust accuracy after each of its stages
+            per_sample = stage.cost.forward_per_sample + stage.cost.backward_per_sample
+            table.add_row(
+                f"  ↳ after {stage.name}",
+                "",
+                "",
+                _pct(stage.robust_accuracy),
+                "",
+                "",
+                "",
+                f"{per_sample:.1f}",
+                "",
+            )
     for worst in result.worst_case:
         if len(worst.attacks) > 1:
             table.add_row(

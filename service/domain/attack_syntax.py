@@ -59,4 +59,7 @@ def describe_validation_error(exc: ValidationError) -> str:
         return f"{loc!r} is not a field of this attack"
     if problem["type"] == "missing":
         return f"{loc!r} is required"
-    return f"{loc!r}: {problem['msg']}"
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    if not parts:  # a check of the whole spec: its sentence says what is wrong
+        return message
+    return f"{loc!r}: {message}"

@@ -51,11 +51,25 @@ def fake_result(
                     },
                 }
             )
+    # The worst case of made-up rows: the lowest row at each norm and eps (a real one may be lower still).
+    worst = [
+        {
+            "norm": norm,
+            "eps": eps,
+            "attacks": [r["name"] for r in rows if (r["norm"], r["eps"]) == (norm, eps)],
+            "robust_accuracy": min(
+                r["robust_accuracy"] for r in rows if (r["norm"], r["eps"]) == (norm, eps)
+            ),
+            "per_class_robust_accuracy": {},
+        }
+        for norm, eps in sorted({(r["norm"], r["eps"]) for r in rows})
+    ]
     return EvaluationResult.model_validate(
         {
             "num_samples": num_samples,
             "clean_accuracy": 0.95,
             "attacks": rows,
+            "worst_case": worst,
             "warnings": list(warnings),
             "model_sha256": model_sha256,
             "dataset_sha256": dataset_sha256,

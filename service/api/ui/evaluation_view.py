@@ -9,6 +9,7 @@ from markupsafe import Markup
 
 from service.api.ui.svg import Bars, Series, bar_chart, line_chart
 from service.api.ui.values import as_list, as_map, class_key, class_map, fmt, num, pct, plain
+from service.domain.headline import headlines
 
 _WORST = "#000000"
 _CLEAN = "#999999"
@@ -31,22 +32,22 @@ def evaluation_view(result: Mapping[str, Any], *, title_prefix: str = "") -> dic
         if chart is not None:
             per_class.append(chart)
     tiles = [("clean accuracy", pct(clean)), ("samples", str(result.get("num_samples", "?")))]
-    for norm in norms:
-        group = [w for w in worst if w.get("norm") == norm]
-        if group:
-            top = max(group, key=lambda w: num(w.get("eps")) or 0.0)
-            tiles.append(
-                (
-                    f"worst-case robust, {norm} eps={fmt(top.get('eps'))}",
-                    pct(num(top.get("robust_accuracy"))),
-                )
-            )
+    # The figure to quote: the autoattack worst case when it ran, else a sanity figure that says so.
+    quoted = headlines(result)
+    tiles += [(h.title(), pct(h.robust_accuracy)) for h in quoted]
+    notes = list(dict.fromkeys(h.note() for h in quoted if h.note()))
+    if any(a.get("cumulative") for a in attacks):
+        notes.append(
+            "autoattack rows marked cumulative attacked only the samples that survived the next smaller "
+            "eps; the samples broken there count as broken"
+        )
     return {
         "tiles": tiles,
+        "notes": notes,
         "warnings": [str(w) for w in as_list(result.get("warnings"))],
         "curves": curves,
         "per_class": per_class,
-        "attacks": [_attack_row(a) for a in attacks],
+        "attacks": [row for a in attacks for row in _attack_rows(a)],
         "worst": [
             {
                 "norm": w.get("norm"),
@@ -137,10 +138,28 @@ def _class_table(result: Mapping[str, Any], worst: Sequence[Mapping[str, Any]]) 
     }
 
 
+def _attack_rows(a: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """An attack's row, then for an ensemble one row per stage: robust accuracy after it, its time."""
+    rows = [_attack_row(a)]
+    for stage in as_list(a.get("stages")):
+        if isinstance(stage, Mapping):
+            attacked = plain(stage.get("num_attacked"))
+            rows.append(
+                {
+                    "label": f"↳ after {stage.get('name', '?')} ({attacked} attacked)",
+                    "eps": fmt(a.get("eps")),
+                    "robust": pct(num(stage.get("robust_accuracy"))),
+                    "success": "", "linf": "", "l2": "", "rate": "",
+                    "seconds": fmt(stage.get("seconds"), "{:.2f}"),
+                }
+            )  # fmt: skip
+    return rows
+
+
 def _attack_row(a: Mapping[str, Any]) -> dict[str, Any]:
     perturbation = as_map(a.get("mean_perturbation"))
     return {
-        "label": attack_label(a),
+        "label": attack_label(a) + (" (cumulative)" if a.get("cumulative") else ""),
         "eps": fmt(a.get("eps")),
         "robust": pct(num(a.get("robust_accuracy"))),
         "success": pct(num(a.get("attack_success_rate"))),
@@ -155,6 +174,8 @@ def attack_label(a: Mapping[str, Any]) -> str:
     """`pgd linf` plus the settings that tell two runs of one attack apart (steps, restarts, loss)."""
     spec = as_map(a.get("spec"))
     parts = [str(a.get("name", "?")), str(a.get("norm", spec.get("norm", "")))]
+    if "version" in spec:
+        parts.append(str(spec["version"]))
     if "steps" in spec:
         parts.append(f"{spec['steps']} steps")
     if isinstance(spec.get("restarts"), int) and spec["restarts"] > 1:

@@ -280,3 +280,21 @@ def test_open_mode_needs_no_login(api: Api) -> None:
     assert api.client.get("/ui").status_code == 200
     login = api.client.get("/ui/login?next=/ui/jobs/x", follow_redirects=False)
     assert login.status_code == 303 and login.headers["location"] == "/ui/jobs/x"
+
+
+def test_the_page_quotes_the_autoattack_worst_case_and_shows_its_stages(api: Api) -> None:
+    result = evaluation_result()
+    stage = {
+        "name": "apgd-ce-100", "spec": {"name": "apgd-ce"}, "num_attacked": 90, "robust_accuracy": 0.2,
+        "broken": 70, "seconds": 1.25, "cost": result["cost"],
+    }  # fmt: skip
+    auto = {**result["attacks"][-1], "name": "autoattack", "spec": {"name": "autoattack", "version": "standard"},
+            "robust_accuracy": 0.0, "stages": [stage], "cumulative": True}  # fmt: skip
+    html = api.client.get(f"/ui/jobs/{_evaluation(api, attacks=[*result['attacks'], auto])}").text
+    assert "robust accuracy, linf eps=0.3 (autoattack worst case)" in html
+    assert "autoattack linf standard (cumulative)" in html and "↳ after apgd-ce-100 (90 attacked)" in html
+    assert "attacked only the samples that survived the next smaller eps" in html
+    assert "not a robustness claim" not in html
+
+    pgd_only = api.client.get(f"/ui/jobs/{_evaluation(api)}").text
+    assert "(worst case of fgsm, pgd)" in pgd_only and "not a robustness claim" in pgd_only

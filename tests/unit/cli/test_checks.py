@@ -198,3 +198,17 @@ def test_thresholds_must_name_attacks_the_evaluation_runs() -> None:
         EvaluationSpec.model_validate(
             {**base, "thresholds": [{"attack": 1, "eps": 0.3, "min_robust_accuracy": 0}]}
         )
+
+
+def test_metric_thresholds_in_the_checks_file_are_checked_before_anything_runs(tmp_path: Path) -> None:
+    worst = '[[thresholds]]\nmetric = "worst_case.linf.{eps}"\nmin = 0.2\n'
+    config = load_config(write(tmp_path, BASIC + worst.format(eps=0.2)))
+    assert config.thresholds()[-1] == Threshold(metric="worst_case.linf.0.2", min=0.2)
+    with pytest.raises(CheckConfigError, match="no attack runs there; this evaluation has"):
+        load_config(write(tmp_path, BASIC + worst.format(eps=0.25)))
+    with pytest.raises(
+        CheckConfigError, match=r"thresholds\[0\] \(worst_case.linf\): .*names no result value"
+    ):
+        load_config(write(tmp_path, BASIC + '[[thresholds]]\nmetric = "worst_case.linf"\nmin = 0.2\n'))
+    with pytest.raises(CheckConfigError, match="known attacks: fgsm, pgd, apgd-ce, apgd-dlr, autoattack"):
+        load_config(write(tmp_path, BASIC.replace('attack = "fgsm"', 'attack = "deepfool"')))

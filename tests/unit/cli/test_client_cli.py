@@ -352,3 +352,22 @@ def test_a_saved_model_directory_is_zipped_the_same_way_every_time(
     assert check(project) == 0  # zipped again: the same bytes, so no second model
     (model,) = worker.store.list_models("local")
     assert model.name == "saved_model" and model.format == "saved_model"
+
+
+def test_a_worst_case_threshold_is_its_own_check_and_fails_with_exit_1(
+    worker: Worker, project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = CONFIG.format(pgd=0.3) + '[[thresholds]]\nmetric = "worst_case.linf.0.1"\nmin = 0.7\n'
+    (project / "parry.toml").write_text(text)
+    worker.levels = lambda name, eps: 0.6 if eps < 0.2 else 0.4
+    code = check(project, "--json", str(project / "check.json"))
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "check failed: worst case linf eps=0.1 (pgd, fgsm): worst_case.linf.0.1 is 60.0%" in err
+    report = json.loads((project / "check.json").read_text())
+    # The attacks' own bars keep their verdicts; the worst-case bar is a fourth check.
+    assert [c["passed"] for c in report["checks"]] == [True, True, True, False]
+    assert report["checks"][3]["metric"] == "worst_case.linf.0.1"
+    spec = worker.store.get_job(worker.runs[0]).spec
+    stored = spec["thresholds"][2]
+    assert (stored["metric"], stored["min"], stored["attack"]) == ("worst_case.linf.0.1", 0.7, None)
