@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,20 @@ def test_broker_down_still_answers_202_and_the_job_stays_queued(api: Api) -> Non
     r = api.client.post("/v1/evaluations", json=_spec(model_id))
     assert r.status_code == 202
     assert api.store.get_job(r.json()["id"]).status == "queued"
+
+
+def test_autoattack_is_accepted_and_a_targeted_one_is_a_sentence(api: Api, small_autoattack: Any) -> None:
+    model_id = ready_model(api, input_shape=[8, 8, 1], num_classes=10)
+    body = {"model_id": model_id, "dataset_id": "builtin:digits:test"}
+    auto = {"name": "autoattack", "eps": [0.1, 0.2], "version": "fast"}
+    thresholds = [{"metric": "worst_case.linf.0.2", "min": 0.5}]
+    assert (
+        api.client.post(
+            "/v1/evaluations", json={**body, "attacks": [auto], "thresholds": thresholds}
+        ).status_code
+        == 202
+    )
+    problem = assert_problem(
+        api.client.post("/v1/evaluations", json={**body, "attacks": [{**auto, "targeted": True}]}), 422
+    )
+    assert "autoattack is untargeted" in json.dumps(problem)

@@ -288,8 +288,9 @@ def test_the_page_quotes_the_autoattack_worst_case_and_shows_its_stages(api: Api
         "name": "apgd-ce-100", "spec": {"name": "apgd-ce"}, "num_attacked": 90, "robust_accuracy": 0.2,
         "broken": 70, "seconds": 1.25, "cost": result["cost"],
     }  # fmt: skip
-    auto = {**result["attacks"][-1], "name": "autoattack", "spec": {"name": "autoattack", "version": "standard"},
-            "robust_accuracy": 0.0, "stages": [stage], "cumulative": True}  # fmt: skip
+    spec = {"name": "autoattack", "version": "standard"}
+    auto = {**result["attacks"][-1], "name": "autoattack", "spec": spec, "robust_accuracy": 0.0,
+            "stages": [stage], "cumulative": True}  # fmt: skip
     html = api.client.get(f"/ui/jobs/{_evaluation(api, attacks=[*result['attacks'], auto])}").text
     assert "robust accuracy, linf eps=0.3 (autoattack worst case)" in html
     assert "autoattack linf standard (cumulative)" in html and "↳ after apgd-ce-100 (90 attacked)" in html

@@ -1,7 +1,9 @@
+from typing import Any
+
 import pytest
 
 from service.domain.attack_syntax import AttackSyntaxError, parse_attack
-from service.domain.specs import ATTACK_NAMES, APGDCESpec, APGDDLRSpec, FGSMSpec, PGDSpec
+from service.domain.specs import ATTACK_NAMES, APGDCESpec, APGDDLRSpec, AutoAttackSpec, FGSMSpec, PGDSpec
 
 
 def test_pgd_with_fields() -> None:
@@ -65,3 +67,28 @@ def test_unknown_attack_lists_every_known_one_from_the_spec_union() -> None:
 )
 def test_each_spec_carries_its_label(text: str, label: str) -> None:
     assert parse_attack(text).label() == label
+
+
+def test_autoattack_from_the_command_line(small_autoattack: Any) -> None:
+    spec = parse_attack("autoattack:eps=0.1,0.3,version=fast")
+    assert isinstance(spec, AutoAttackSpec) and spec.eps == [0.1, 0.3] and spec.label() == "autoattack fast"
+    assert [s.name for s in spec.stages()] == ["apgd-ce", "apgd-dlr"]
+    assert all(s.eps == [0.1, 0.3] and s.norm == "linf" for s in spec.stages())
+    assert parse_attack("autoattack:eps=0.3").version == "standard"  # type: ignore[union-attr]
+    with pytest.raises(AttackSyntaxError, match="eps list must be in increasing order"):
+        parse_attack("autoattack:eps=0.3,0.1,version=fast")
+    with pytest.raises(AttackSyntaxError, match="autoattack is untargeted"):
+        parse_attack("autoattack:eps=0.3,targeted=true")
+
+
+def test_an_autoattack_version_whose_stages_are_missing_says_which_versions_exist(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from service.domain import specs
+
+    monkeypatch.setitem(specs.AUTOATTACK_STAGES, "fast", ({"name": "apgd-ce", "steps": 5},))
+    monkeypatch.setitem(specs.AUTOATTACK_STAGES, "standard", ({"name": "no-such-attack"},))
+    with pytest.raises(
+        AttackSyntaxError, match="needs attacks this server does not have; versions available: fast"
+    ):
+        parse_attack("autoattack:eps=0.3")

@@ -1,4 +1,4 @@
-"""The headline every report quotes first: the autoattack worst case when it ran, else a marked sanity figure."""
+"""The headline a report quotes first: the autoattack worst case when it ran, else a marked sanity figure."""
 
 from __future__ import annotations
 

@@ -145,3 +145,12 @@ def test_the_worker_checks_the_callback_url_again_before_posting(tmp_path: Path)
     assert deliver(store, job.id, client=client, allow_private=True) is True
     assert len(posted) == 1
     store.dispose()
+
+
+def test_autoattack_counts_the_passes_of_every_stage_at_every_eps(small_autoattack: Any) -> None:
+    # The small "standard": APGD-CE 5 steps x 2 restarts, then APGD-DLR 5 steps.
+    options = EvaluationOptions.model_validate(
+        {"attacks": [{"name": "autoattack", "eps": [0.1, 0.3], "version": "standard"}]}
+    )
+    assert options.attacks[0].gradient_steps() == 5 * 2 + 5
+    assert evaluation_steps(options.attacks, 10) == 10 * 2 * 15
