@@ -156,13 +156,13 @@ AutoAttackVersion = Literal["standard", "fast", "rand"]
 AUTOATTACK_STAGES: dict[str, tuple[dict[str, Any], ...]] = {
     "standard": (
         {"name": "apgd-ce", "steps": 100},
-        {"name": "apgd-t", "steps": 100, "targets": 9},
-        {"name": "fab-t", "steps": 100, "targets": 9},
-        {"name": "square", "queries": 5000},
+        {"name": "apgd-t", "steps": 100, "n_target_classes": 9},
+        {"name": "fab-t", "steps": 100, "n_target_classes": 9},
+        {"name": "square", "n_queries": 5000},
     ),
     "fast": (
         {"name": "apgd-ce", "steps": 100},
-        {"name": "apgd-t", "steps": 100, "targets": 9},
+        {"name": "apgd-t", "steps": 100, "n_target_classes": 9},
     ),
     # For stochastic models: gradients averaged over 20 draws (expectation over transformation).
     "rand": (
