@@ -46,6 +46,28 @@ def copy_of(model: Any) -> Any:
     return clone
 
 
+def recipe(entry: str, *, epochs: int, **fields: Any) -> TrainingOptions:
+    """The bench recipe for `pgd`, `fgsm-rs`, `fgsm-rs:previous` (fgsm_start previous) or `trades`;
+    `fields` override its defaults (the options of `main`)."""
+    method, _, start = entry.partition(":")
+    defaults: dict[str, Any] = {
+        "eps": 0.3, "steps": 10, "batch_size": 100, "learning_rate": 1e-2, "lr_schedule": "onecycle",
+        "validation_samples": 200, "seed": 0,
+    }  # fmt: skip
+    return TrainingOptions.model_validate(
+        {**defaults, **fields, "method": method, "fgsm_start": start or "random", "epochs": epochs}
+    )
+
+
+def train_recipe(baseline: Any, train_data: ArrayDataset, spec: TrainingOptions) -> tuple[LoadedModel, Any]:
+    """A copy of the clean baseline trained with `spec`, and the training's result."""
+    model = from_keras(copy_of(baseline))
+    with tempfile.TemporaryDirectory() as tmp:
+        # The per-epoch check (the overfitting guard's input) reads training images, never the test split.
+        result = train(model, train_data, train_data, spec, checkpoint_dir=Path(tmp)).result
+    return model, result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
@@ -79,25 +101,13 @@ def main() -> None:
     ]
 
     for entry in args.methods.split(","):
-        method, _, start = entry.partition(":")  # "fgsm-rs:previous" is fgsm-rs with fgsm_start previous
-        spec = TrainingOptions(
-            method=method,  # type: ignore[arg-type]
-            fgsm_start=start or "random",  # type: ignore[arg-type]
-            eps=args.eps,
-            steps=args.steps,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.lr,
-            lr_schedule=args.lr_schedule,
-            step_size=args.step_size,
-            eps_ramp_epochs=args.ramp,
-            validation_samples=args.validation_samples,
-            seed=args.seed,
-        )
-        model = from_keras(copy_of(baseline))
-        with tempfile.TemporaryDirectory() as tmp:
-            # The per-epoch check (the overfitting guard's input) reads training images, never the test split.
-            result = train(model, train_data, train_data, spec, checkpoint_dir=Path(tmp)).result
+        method = entry.partition(":")[0]
+        spec = recipe(
+            entry, epochs=args.epochs, eps=args.eps, steps=args.steps, batch_size=args.batch_size,
+            learning_rate=args.lr, lr_schedule=args.lr_schedule, step_size=args.step_size,
+            eps_ramp_epochs=args.ramp, validation_samples=args.validation_samples, seed=args.seed,
+        )  # fmt: skip
+        model, result = train_recipe(baseline, train_data, spec)
         label = (
             f"fgsm-rs ({spec.fgsm_start} start)" if method == "fgsm-rs" else f"{method} ({args.steps} steps)"
         )
