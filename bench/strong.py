@@ -171,6 +171,8 @@ def art_rows(
     def targeted_on_survivors() -> np.ndarray:
         robust = worst.copy()
         chosen = np.flatnonzero(robust)
+        if chosen.size == 0:  # ART cannot predict on an empty batch
+            return robust
         robust[chosen] = targeted_apgd_robust(
             keras_model, x[chosen], y[chosen], eps=eps, steps=100, targets=3
         )
