@@ -54,6 +54,9 @@ def markdown_report(
     problems = [o for o in outcomes if not o.passed]
     if problems:
         lines += ["", *(f"- **{_escape(o.name)}**: {_escape(o.message)}" for o in problems)]
+    if any(row.cumulative for row in result.attacks):
+        lines += ["", "The autoattack rows at larger eps are cumulative: each attacked only the samples that "
+                  "survived the next smaller eps, and the samples broken there count as broken."]  # fmt: skip
     if result.warnings:
         lines += ["", "Warnings:", *(f"- {_escape(w)}" for w in result.warnings)]
     return "\n".join(lines) + "\n"

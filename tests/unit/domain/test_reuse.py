@@ -142,6 +142,17 @@ def test_the_cache_key_changes_with_every_input_that_changes_a_result() -> None:
     assert len({key, *variants}) == 1 + len(variants)
 
 
+def test_results_from_before_the_autoattack_engine_are_not_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.domain import reuse
+
+    options = EvaluationOptions.model_validate({"attacks": ATTACKS})
+    base = {"model_sha256": "a" * 64, "model_output": "logits", "dataset_sha256": "b" * 64}
+    now = evaluation_cache_key(options, **base)
+    assert reuse.KEY_VERSION >= 2  # 2: the engine of issue 13 (autoattack, stage arrays)
+    monkeypatch.setattr(reuse, "KEY_VERSION", 1)
+    assert evaluation_cache_key(options, **base) != now
+
+
 def test_models_and_datasets_can_be_found_by_sha256(api: Api, ids: tuple[str, str]) -> None:
     model = api.client.get(f"/v1/models/{ids[0]}").json()
     found = api.client.get("/v1/models", params={"sha256": model["sha256"].upper()}).json()["items"]
