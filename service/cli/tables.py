@@ -15,10 +15,7 @@ def _pct(value: float) -> str:
 
 def result_table(result: EvaluationResult) -> Table:
     """Every row, the worst cases, and as caption the headline: the figure to quote, per norm."""
-    quoted = [
-        f"{h.title()}: {_pct(h.robust_accuracy)}" + (f" ({h.note()})" if h.note() else "")
-        for h in headlines(result.model_dump(mode="json"))
-    ]
+    quoted = [h.sentence() for h in headlines(result.model_dump(mode="json"))]
     table = Table(
         title=(
             f"{result.num_samples} samples, clean accuracy {_pct(result.clean_accuracy)}, seed {result.seed}"

@@ -34,6 +34,11 @@ class Headline:
     def note(self) -> str:
         return "" if self.strong else SANITY_NOTE
 
+    def sentence(self) -> str:
+        """The headline as one line for a terminal: title, figure, and the sanity note when it applies."""
+        text = f"{self.title()}: {100 * self.robust_accuracy:.1f}%"
+        return text + (f" ({self.note()})" if self.note() else "")
+
 
 def headlines(result: Mapping[str, Any]) -> list[Headline]:
     """One headline per norm of the result (in norm order), from its worst-case rows."""
