@@ -92,3 +92,23 @@ def test_an_autoattack_version_whose_stages_are_missing_says_which_versions_exis
         AttackSyntaxError, match="needs attacks this server does not have; versions available: fast"
     ):
         parse_attack("autoattack:eps=0.3")
+
+
+@pytest.mark.skipif(
+    "apgd-t" not in ATTACK_NAMES, reason="the stage attacks (apgd-t, fab-t, square) are not in"
+)
+def test_every_autoattack_version_is_the_papers() -> None:
+    from service.domain.specs import available_autoattack_versions
+
+    assert available_autoattack_versions() == ["standard", "fast", "rand"]
+    labels = {
+        version: [s.label() for s in AutoAttackSpec(eps=0.3, version=version).stages()]  # type: ignore[arg-type]
+        for version in ("standard", "fast", "rand")
+    }
+    assert labels == {
+        "standard": ["apgd-ce-100", "apgd-t-100", "fab-t-100", "square-5000"],
+        "fast": ["apgd-ce-100", "apgd-t-100"],
+        "rand": ["apgd-ce-100 eot20", "apgd-dlr-100 eot20"],
+    }
+    standard = AutoAttackSpec(eps=[0.1, 0.3])
+    assert standard.gradient_steps() == sum(s.gradient_steps() for s in standard.stages())
