@@ -19,6 +19,7 @@ from service.cli.check import add_check_command
 from service.cli.commands import add_client_commands
 from service.cli.common import EXIT_ERROR, USER_ERRORS, CommandError, Commands, server_options
 from service.cli.installs import install_command, require_install
+from service.cli.listings import add_listing_commands
 
 # Commands the engine provides through the `parry.commands` entry point group, with their help line.
 ENGINE_COMMANDS = {"evaluate": "run attacks on a model locally (no server)"}
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_commands(commands)
     server = server_options()
     add_client_commands(commands, server)
+    add_listing_commands(commands, server)
     add_check_command(commands, server)
     _add_keys_commands(commands)
     return parser
