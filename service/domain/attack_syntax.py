@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 from pydantic import TypeAdapter, ValidationError
 
-from service.domain.specs import ATTACK_NAMES, AttackSpec, AttackSpecUnion
+from service.domain.specs import ATTACK_NAMES, ATTACK_SPECS, AttackSpec, AttackSpecUnion
 
 _ADAPTER: TypeAdapter[AttackSpecUnion] = TypeAdapter(AttackSpec)
 # From the spec union, so a new attack is known here without touching this module.
@@ -39,6 +42,9 @@ def parse_attack(text: str) -> AttackSpecUnion:
             raise AttackSyntaxError(
                 f"cannot read {token!r} in {text!r}; write key=value pairs, e.g. 'pgd:eps=0.3,steps=40'"
             )
+    unknown = [key for key in fields if key not in attack_fields(name)]
+    if unknown:  # before pydantic, whose first complaint about `epsilon=` would be "'eps' is required"
+        raise AttackSyntaxError(f"attack {text!r}: {unknown_field(unknown[0], name)}")
     try:
         return _ADAPTER.validate_python({"name": name, **fields})
     except ValidationError as exc:
@@ -56,7 +62,36 @@ def describe_validation_error(exc: ValidationError) -> str:
     ]
     loc = ".".join(parts) or "value"
     if problem["type"] == "extra_forbidden":
-        return f"{loc!r} is not a field of this attack"
+        attack = next((str(p) for p in problem["loc"] if p in KNOWN_ATTACKS), None)
+        return f"{loc!r} is not a field of this attack" + suggestion(
+            str(problem["loc"][-1]), attack_fields(attack) if attack else ()
+        )
     if problem["type"] == "missing":
         return f"{loc!r} is required"
     return f"{loc!r}: {problem['msg']}"
+
+
+def attack_fields(name: str) -> tuple[str, ...]:
+    """The fields an attack's spec takes (`name` aside), in the spec's order; none for an unknown attack."""
+    spec = ATTACK_SPECS.get(name)
+    return tuple(f for f in spec.model_fields if f != "name") if spec is not None else ()
+
+
+def unknown_field(key: str, attack: str, *, also: Iterable[str] = ()) -> str:
+    """ "'epsilon' is not a field of this attack; did you mean 'eps'?" (`also`: other keys allowed there)."""
+    return f"{key!r} is not a field of this attack" + suggestion(key, [*attack_fields(attack), *also])
+
+
+def suggestion(word: str, known: Iterable[str]) -> str:
+    """ "; did you mean 'eps'?" for a near miss among `known`, else the known names; '' when none are."""
+    names = list(dict.fromkeys(known))
+    if not names:
+        return ""
+    lowered = word.lower()
+    # A prefix either way ('epsilon' for 'eps', 'min_robust_acc' for 'min_robust_accuracy') is the
+    # commonest slip, and difflib's ratio misses short ones.
+    close = [n for n in names if len(n) >= 3 and (lowered.startswith(n) or n.startswith(lowered))]
+    close = close or difflib.get_close_matches(lowered, names, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f" (known: {', '.join(names)})"
