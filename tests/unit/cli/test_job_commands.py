@@ -4,6 +4,8 @@ report --format table`, against the real API app and the stand-in worker of test
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from service.cli.commands import report_format
 from service.cli.main import main
 from tests.unit.api_helpers import Api
 from tests.unit.cli import test_client_cli
-from tests.unit.cli.test_client_cli import Worker
+from tests.unit.cli.test_client_cli import BAD_MODEL, Worker
 from tests.unit.ui_fixtures import finished_job, training_result
 
 # The stand-in worker and the project directory of the `parry check` tests.
@@ -140,3 +142,66 @@ def test_models_and_datasets(worker: Worker, project: Path, capsys: pytest.Captu
     assert main(["datasets"]) == 0
     table = capsys.readouterr().out
     assert dataset_id in table and "builtin:digits" in table and "200" in table
+
+
+# ---- parry check: no thresholds, and the reports of a check that could not run ---------------------------
+
+
+def _reports(project: Path) -> tuple[str, ...]:
+    return ("--junit", str(project / "out/junit.xml"), "--json", str(project / "out/check.json"),
+            "--markdown", str(project / "out/summary.md"))  # fmt: skip
+
+
+def test_check_without_thresholds_exits_0_and_says_so(
+    worker: Worker, project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (project / "parry.toml").read_text()
+    text = text.replace("min_robust_accuracy = 0.3\n", "").replace("min_robust_accuracy = 0.2\n", "")
+    (project / "parry.toml").write_text(text.replace("use_lower_bound = true\n", ""))
+    worker.levels = lambda name, eps: 0.0
+    assert main(["check", "--config", str(project / "parry.toml"), "--quiet", *_reports(project)]) == 0
+    captured = capsys.readouterr()
+    assert "no thresholds set" in captured.err and "passed" not in captured.err
+    assert "PASS" not in captured.out
+    root = ET.parse(project / "out/junit.xml").getroot()
+    assert root.get("skipped") == "3" and root.get("failures") == "0"
+    skipped = root.findall("testsuite/testcase/skipped")
+    assert [s.get("message") for s in skipped] == ["no thresholds set"] * 3
+    assert "no thresholds set" in (project / "out/summary.md").read_text()
+    body = json.loads((project / "out/check.json").read_text())
+    assert body["thresholds_set"] is False
+
+
+@pytest.mark.parametrize(
+    ("change", "sentence"),
+    [
+        (lambda p: (p / "parry.toml").write_text("[model\n"), "is not valid TOML"),
+        (lambda p: (p / "parry.toml").write_text(BAD_MODEL), "the server rejected model model.zip"),
+    ],
+)
+def test_a_check_that_cannot_run_still_writes_its_reports(
+    worker: Worker,
+    project: Path,
+    capsys: pytest.CaptureFixture[str],
+    change: Callable[[Path], object],
+    sentence: str,
+) -> None:
+    change(project)
+    assert main(["check", "--config", str(project / "parry.toml"), "--quiet", *_reports(project)]) == 2
+    err = capsys.readouterr().err
+    assert sentence in err
+    message = err.removeprefix("parry: ").strip()
+    failure = ET.parse(project / "out/junit.xml").getroot().find("testsuite/testcase/failure")
+    assert failure is not None and failure.get("message") == message
+    body = json.loads((project / "out/check.json").read_text())
+    assert body["passed"] is False and body["error"] == message
+    assert sentence in (project / "out/summary.md").read_text()
+
+
+def test_a_failed_job_writes_its_id_into_the_error_reports(
+    worker: Worker, project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    worker.fail_jobs = True
+    assert main(["check", "--config", str(project / "parry.toml"), "--quiet", *_reports(project)]) == 2
+    body = json.loads((project / "out/check.json").read_text())
+    assert body["job_id"] == worker.runs[0] and "out of memory" in body["error"]
