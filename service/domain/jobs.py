@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import StrEnum
 
+from service.domain.messages import without_server_paths
+
 
 class JobStatus(StrEnum):
     """Where a job is; the v1 contract (docs/api.md) names these five; clients depend on them."""
@@ -74,5 +76,5 @@ class ErrorType(StrEnum):
 
 
 def job_error(kind: ErrorType, detail: str) -> dict[str, str]:
-    """The `error` object of a failed job."""
-    return {"type": kind.value, "detail": detail}
+    """The `error` object of a failed job; its sentence names no absolute server path."""
+    return {"type": kind.value, "detail": without_server_paths(detail)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from service.domain.messages import without_server_paths
 from service.errors import NotFound
 from service.store.schema import DEFAULT_MAX_ATTEMPTS
 from workers.context import WorkerContext, cache_key, load_job_model
@@ -40,7 +41,7 @@ def validate_model(ctx: WorkerContext, model_id: str) -> str | None:
         model = load_job_model(ctx, record)
     except ModelLoadError as exc:
         log.info("model %s (sha256 %s): rejected: %s", model_id, record.sha256, exc)
-        ctx.store.set_model_rejected(model_id, reason=str(exc))
+        ctx.store.set_model_rejected(model_id, reason=without_server_paths(str(exc)))
         return "rejected"
     except Exception:
         log.exception("model %s (sha256 %s): unexpected error while loading", model_id, record.sha256)

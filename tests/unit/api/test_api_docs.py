@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,20 @@ def test_docs_routes_stay_out_of_the_schema(api: Api) -> None:
     paths = api.client.get("/openapi.json").json()["paths"]
     assert not {"/", "/docs", "/redoc"} & set(paths)
     assert not any(p.startswith("/docs/") for p in paths)
+
+
+def test_problem_details_name_no_absolute_server_path(tmp_path: Path) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from service.api.problems import EXCEPTION_HANDLERS
+    from service.errors import InvalidUpload
+
+    app = FastAPI(exception_handlers=EXCEPTION_HANDLERS)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise InvalidUpload(f"cannot read {tmp_path}/uploads/tmp123.upload: truncated")
+
+    detail = TestClient(app).get("/boom").json()["detail"]
+    assert str(tmp_path) not in detail and "tmp123.upload: truncated" in detail

@@ -205,3 +205,10 @@ def test_a_failed_job_writes_its_id_into_the_error_reports(
     assert main(["check", "--config", str(project / "parry.toml"), "--quiet", *_reports(project)]) == 2
     body = json.loads((project / "out/check.json").read_text())
     assert body["job_id"] == worker.runs[0] and "out of memory" in body["error"]
+
+
+def test_hints_name_the_cli_command_not_the_route(worker: Worker, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["submit", "--model", "mdl_missing", "--dataset", "builtin:digits", "--attack", "fgsm:eps=0.1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "upload it with `parry upload-model FILE`" in err and "POST /v1/models" not in err
