@@ -22,7 +22,10 @@ from service.cli.installs import install_command, require_install
 from service.cli.listings import add_listing_commands
 
 # Commands the engine provides through the `parry.commands` entry point group, with their help line.
-ENGINE_COMMANDS = {"evaluate": "run attacks on a model locally (no server)"}
+ENGINE_COMMANDS = {
+    "evaluate": "run attacks on a model locally (no server)",
+    "demo": "train a small demo model in seconds and write it as demo.keras",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,7 +76,7 @@ def _add_engine_commands(commands: Commands) -> None:
 
 def _needs_worker_install(args: argparse.Namespace) -> int:
     raise CommandError(
-        f"parry {args.command_name} runs models on this machine and needs the worker install: "
+        f"parry {args.command_name} runs TensorFlow on this machine and needs the worker install: "
         f"{install_command('worker')}"
     )
 
