@@ -24,7 +24,12 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from service.domain.attack_syntax import attack_fields, describe_validation_error, suggestion
+from service.domain.attack_syntax import (
+    attack_fields,
+    describe_validation_error,
+    suggestion,
+    unknown_attack_hint,
+)
 from service.domain.specs import AttackSpec, AttackSpecUnion, Threshold
 from service.domain.verdicts import DEFAULT_TOLERANCE
 
@@ -174,7 +179,8 @@ def _check_keys(index: int, check: CheckEntry) -> None:
 def _attack_problem(exc: ValidationError) -> str:
     problem = exc.errors()[0]
     if problem["type"] == "union_tag_invalid":
-        return "unknown attack; known attacks: fgsm, pgd"
+        tag = str((problem.get("ctx") or {}).get("tag", ""))
+        return "unknown attack" + unknown_attack_hint(tag)
     return describe_validation_error(exc)
 
 

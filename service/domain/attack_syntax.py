@@ -23,9 +23,7 @@ def parse_attack(text: str) -> AttackSpecUnion:
     name, _, rest = text.strip().partition(":")
     name = name.strip().lower()
     if name not in KNOWN_ATTACKS:
-        raise AttackSyntaxError(
-            f"unknown attack {name!r} in {text!r}; known attacks: {', '.join(KNOWN_ATTACKS)}"
-        )
+        raise AttackSyntaxError(f"unknown attack {name!r} in {text!r}{unknown_attack_hint(name)}")
     fields: dict[str, str | list[str]] = {}
     last_key: str | None = None
     for token in filter(None, (t.strip() for t in rest.split(","))):
@@ -71,6 +69,12 @@ def describe_validation_error(exc: ValidationError) -> str:
     return f"{loc!r}: {problem['msg']}"
 
 
+def unknown_attack_hint(name: str) -> str:
+    """ " (did you mean 'pgd'?)" for a near miss, then the known attacks."""
+    near = closest(name, KNOWN_ATTACKS) if name else None
+    return (f" (did you mean {near!r}?)" if near else "") + f"; known attacks: {', '.join(KNOWN_ATTACKS)}"
+
+
 def attack_fields(name: str) -> tuple[str, ...]:
     """The fields an attack's spec takes (`name` aside), in the spec's order; none for an unknown attack."""
     spec = ATTACK_SPECS.get(name)
@@ -87,11 +91,16 @@ def suggestion(word: str, known: Iterable[str]) -> str:
     names = list(dict.fromkeys(known))
     if not names:
         return ""
+    near = closest(word, names)
+    return f"; did you mean {near!r}?" if near else f" (known: {', '.join(names)})"
+
+
+def closest(word: str, known: Iterable[str]) -> str | None:
+    """The known name `word` is most likely a slip for, or None."""
+    names = list(known)
     lowered = word.lower()
     # A prefix either way ('epsilon' for 'eps', 'min_robust_acc' for 'min_robust_accuracy') is the
     # commonest slip, and difflib's ratio misses short ones.
     close = [n for n in names if len(n) >= 3 and (lowered.startswith(n) or n.startswith(lowered))]
     close = close or difflib.get_close_matches(lowered, names, n=1, cutoff=0.6)
-    if close:
-        return f"; did you mean {close[0]!r}?"
-    return f" (known: {', '.join(names)})"
+    return close[0] if close else None

@@ -33,6 +33,7 @@ min_robust_accuracy = 0.3
         ("[[checks]]", "[[check]]", "'check' is not a known key; did you mean 'checks'?"),
         ('id = "mdl_x"', 'ide = "mdl_x"', "'model.ide' is not a known key; did you mean 'id'?"),
         ("seed = 1", "qqqq = 1", "'evaluation.qqqq' is not a known key (known: seed, batch_size,"),
+        ('attack = "pgd"', 'attack = "pgdd"', "unknown attack (did you mean 'pgd'?); known attacks: fgsm,"),
     ],
 )  # fmt: skip
 def test_a_misspelt_key_names_the_key_it_was_near(tmp_path: Path, old: str, new: str, hint: str) -> None:

@@ -89,3 +89,10 @@ def test_a_validation_error_on_an_unknown_field_suggests_too() -> None:
     with pytest.raises(ValidationError) as caught:
         TypeAdapter(AttackSpec).validate_python({"name": "pgd", "eps": 0.1, "setps": 3})
     assert "did you mean 'steps'?" in describe_validation_error(caught.value)
+
+
+def test_a_misspelt_attack_gets_a_suggestion() -> None:
+    with pytest.raises(AttackSyntaxError) as caught:
+        parse_attack("pdg:eps=0.1")
+    assert "unknown attack 'pdg'" in str(caught.value) and "(did you mean 'pgd'?)" in str(caught.value)
+    assert "apgd-dlr" in str(caught.value)  # the known attacks come from the spec union
