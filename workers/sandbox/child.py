@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="workers.sandbox.child")
     parser.add_argument("--events-fd", type=int, required=True)
     parser.add_argument("--limits", default="{}")
+    parser.add_argument("--scratch", help="its working folder (also what names it in ps)")
     args = parser.parse_args(argv)
     apply_limits(json.loads(args.limits))
     die_with_parent()

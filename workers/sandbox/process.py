@@ -94,6 +94,7 @@ class Child:
         argv = [
             sys.executable, "-m", "workers.sandbox.child",
             "--events-fd", str(write_end), "--limits", json.dumps(limits),
+            "--scratch", str(scratch),  # names the process in `ps` (and to the tests) by its job's folder
         ]  # fmt: skip
         command = argv
         if mode == "bwrap":
