@@ -49,8 +49,6 @@ class Settings(BaseSettings):
     # as it is.
     worker_max_open_files: int = Field(default=4096, ge=0)
     worker_memory_limit_bytes: int = Field(default=0, ge=0)
-    # Models kept loaded and compiled in one worker process, keyed by sha256.
-    worker_model_cache_size: int = Field(default=4, ge=1)
     # Every model runs in a child process of the worker (workers/sandbox/, docs/security.md): in
     # bubblewrap's namespaces ("bwrap"), with resource limits only ("rlimits"), or "auto": bwrap when it
     # works on this machine, else rlimits with a warning in the worker log.

@@ -19,14 +19,18 @@ from service.domain.jobs import ErrorType
 from service.domain.results import Progress
 from service.domain.specs import EvaluationSpec, TrainingSpec
 from workers.evaluation import engine
-from workers.evaluation.engine import EvaluationError, evaluate
+from workers.evaluation.engine import EvaluationCancelled, EvaluationError, evaluate
 from workers.evaluation.examples import examples_npz
 from workers.models.errors import ModelLoadError
 from workers.models.loading import LoadedModel, load_model
 from workers.sandbox.protocol import CLEAN_FILE, EXAMPLES_FILE, PER_SAMPLE_FILE, SHARD_FILE
-from workers.training import TrainingError, split_validation, train, trainable_variables
+from workers.training import TrainingCancelled, TrainingError, split_validation, train, trainable_variables
 
 Reporter = Callable[[Progress], None]
+StopCheck = Callable[[], bool]
+
+# The engine's ways of saying it obeyed a stop request.
+Stopped = (EvaluationCancelled, TrainingCancelled)
 
 # The error type of each failure that is the user's to fix; anything else is an InternalError.
 _USER_ERRORS: dict[type[Exception], ErrorType] = {
@@ -61,8 +65,10 @@ class Calls:
     def __init__(self) -> None:
         self._models: dict[tuple[str, str], LoadedModel] = {}
 
-    def run(self, op: str, args: dict[str, Any], progress: Reporter) -> dict[str, Any]:
-        operations: dict[str, Callable[[dict[str, Any], Reporter], dict[str, Any]]] = {
+    def run(
+        self, op: str, args: dict[str, Any], progress: Reporter, should_stop: StopCheck
+    ) -> dict[str, Any]:
+        operations: dict[str, Callable[[dict[str, Any], Reporter, StopCheck], dict[str, Any]]] = {
             "validate": self.validate,
             "evaluate": self.evaluate,
             "clean": self.clean,
@@ -71,7 +77,7 @@ class Calls:
         }
         if op not in operations:
             raise ValueError(f"unknown operation {op!r}")
-        return operations[op](args, progress)
+        return operations[op](args, progress, should_stop)
 
     # ---- inputs ------------------------------------------------------------------------------------
 
@@ -96,7 +102,7 @@ class Calls:
 
     # ---- the operations -----------------------------------------------------------------------------
 
-    def validate(self, args: dict[str, Any], progress: Reporter) -> dict[str, Any]:
+    def validate(self, args: dict[str, Any], progress: Reporter, should_stop: StopCheck) -> dict[str, Any]:
         """Load the model once: its shapes, output kind and whether training could update it."""
         model = self.model(args)
         try:
@@ -116,24 +122,31 @@ class Calls:
             "trainable_why": why,
         }
 
-    def evaluate(self, args: dict[str, Any], progress: Reporter) -> dict[str, Any]:
+    def evaluate(self, args: dict[str, Any], progress: Reporter, should_stop: StopCheck) -> dict[str, Any]:
         model = self.model(args)
         dataset = self.dataset(args["dataset"])
         options = EvaluationSpec.model_validate(args["spec"]).options()
-        outcome = evaluate(model, dataset, options, progress=progress, keep_examples=args["keep_examples"])
+        outcome = evaluate(
+            model,
+            dataset,
+            options,
+            progress=progress,
+            should_stop=should_stop,
+            keep_examples=args["keep_examples"],
+        )
         out = Path(args["out"])
         save_npz(out / PER_SAMPLE_FILE, outcome.per_sample)
         if outcome.examples is not None:
             (out / EXAMPLES_FILE).write_bytes(examples_npz(outcome.examples))
         return outcome.result.model_dump(mode="json")
 
-    def clean(self, args: dict[str, Any], progress: Reporter) -> dict[str, Any]:
+    def clean(self, args: dict[str, Any], progress: Reporter, should_stop: StopCheck) -> dict[str, Any]:
         """A sharded evaluation's clean pass: its arrays in `out/clean.npz`, its facts returned."""
         model = self.model(args)
         dataset = self.dataset(args["dataset"])
         options = EvaluationSpec.model_validate(args["spec"]).options()
         x, y, warnings = engine._prepare(model, dataset, options)
-        tracker = engine._Tracker(progress, None)
+        tracker = engine._Tracker(progress, should_stop)
         tracker.total = y.shape[0] * (1 + args["units_per_sample"])
         clean_pred, zero_grad, bad_grad = engine._clean_pass(model, x, y, options.batch_size, tracker)
         save_npz(
@@ -147,14 +160,14 @@ class Calls:
             "warnings": warnings,
         }
 
-    def shard(self, args: dict[str, Any], progress: Reporter) -> dict[str, Any]:
+    def shard(self, args: dict[str, Any], progress: Reporter, should_stop: StopCheck) -> dict[str, Any]:
         """A shard's attack runs over global batches [batch_start, batch_stop): arrays in `out/shard.npz`."""
         model = self.model(args)
         dataset = self.dataset(args["dataset"])
         options = EvaluationSpec.model_validate(args["spec"]).options()
         x, y, _ = engine._prepare(model, dataset, options)
         clean = load_npz_arrays(Path(args["clean"]))
-        tracker = engine._Tracker(progress, None)
+        tracker = engine._Tracker(progress, should_stop)
         tracker.total = args["units"]
         runs = engine.attack_runs(
             model, x, y, clean["clean_pred"], options, tracker,
@@ -177,7 +190,7 @@ class Calls:
         save_npz(Path(args["out"]) / SHARD_FILE, arrays)
         return {"runs": len(runs)}
 
-    def train(self, args: dict[str, Any], progress: Reporter) -> dict[str, Any]:
+    def train(self, args: dict[str, Any], progress: Reporter, should_stop: StopCheck) -> dict[str, Any]:
         """Adversarially train a fresh copy of the model; the exports' paths and the result."""
         model = self.model(args, fresh=True)  # training changes weights in place
         spec = TrainingSpec.model_validate(args["spec"])
@@ -190,6 +203,7 @@ class Calls:
         outcome = train(
             model, train_data, val_data, spec.options(),
             checkpoint_dir=folder / "checkpoint", export_dir=folder / "export", progress=progress,
+            should_stop=should_stop,
         )  # fmt: skip
         return {
             "result": outcome.result.model_dump(mode="json"),

@@ -13,9 +13,11 @@ import ctypes
 import json
 import logging
 import os
+import queue
 import resource
 import signal
 import sys
+import threading
 import time
 import traceback
 from typing import IO, Any
@@ -77,17 +79,38 @@ class Channel:
 
 
 def serve(channel: Channel, requests: IO[bytes]) -> None:
-    """Answer requests until stdin closes; one result or error per request."""
+    """Answer requests until stdin closes; one result, error or `stopped` per request.
+
+    A reader thread takes the parent's lines, so a `stop` arriving during a call sets the flag the engine
+    polls between batches: the call ends with `stopped` (a training checkpoints first), and the parent
+    kills the child if that takes longer than its grace period.
+    """
     from workers.runtime.devices import configure_devices
-    from workers.sandbox.calls import Calls, error_kind  # TensorFlow is imported here, after the limits
+    from workers.sandbox.calls import Calls, Stopped, error_kind  # TensorFlow comes in here, after the limits
 
     configure_devices()  # memory growth must be set before a GPU is initialised
     calls = Calls()
+    pending: queue.Queue[dict[str, Any] | None] = queue.Queue()
+    stop = threading.Event()
+
+    def read() -> None:
+        for line in requests:
+            request = json.loads(line)
+            if request.get("op") == "stop":
+                stop.set()
+            else:
+                pending.put(request)
+        pending.put(None)
+
+    threading.Thread(target=read, name="parry-child-requests", daemon=True).start()
     channel.send({"event": "ready", "pid": os.getpid()})
-    for line in requests:
-        request = json.loads(line)
+    while (request := pending.get()) is not None:
+        stop.clear()
         try:
-            value = calls.run(request["op"], request["args"], channel.progress)
+            value = calls.run(request["op"], request["args"], channel.progress, stop.is_set)
+        except Stopped:
+            channel.send({"event": "stopped"})
+            continue
         except Exception as exc:
             kind = error_kind(exc)
             if kind is None:

@@ -121,6 +121,11 @@ class ChildPool:
         self._counter = itertools.count()
         self.started = 0  # children started, for the logs and the tests
 
+    @property
+    def warm_child(self) -> Child | None:
+        """The child kept for the next job of its model, if any."""
+        return None if self._warm is None else self._warm[1]
+
     def scratch_root(self) -> Path:
         return self.settings.data_dir / "work"
 

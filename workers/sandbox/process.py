@@ -36,6 +36,9 @@ from workers.sandbox.protocol import (
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.1
+# After a stop request the child has this long to end its call (a training writes its checkpoint) before
+# it is killed: the cancel and time-limit stops land within 5 s.
+STOP_GRACE_S = 3.0
 # Environment variables a child may see: none of the worker's own (credentials, database URLs), only what
 # the runtime's thread pools and logging read.
 _PASSED_ENV = (
@@ -137,16 +140,21 @@ class Child:
     ) -> dict[str, Any]:
         """Run `op` in the child and return its result; raises ChildStopped, ChildError or a subclass."""
         started = time.monotonic()
-        try:
-            assert self.process.stdin is not None
-            self.process.stdin.write(encode({"op": op, "args": args}))
-            self.process.stdin.flush()
-        except OSError as exc:
-            raise self._died(what) from exc
+        if not self._send({"op": op, "args": args}):
+            raise self._died(what)
         try:
             return self._wait(progress, should_stop, silence_s, what)
         finally:
             self.busy_s += time.monotonic() - started
+
+    def _send(self, request: dict[str, Any]) -> bool:
+        try:
+            assert self.process.stdin is not None
+            self.process.stdin.write(encode(request))
+            self.process.stdin.flush()
+        except (OSError, ValueError):  # the child is gone (its stdin closed)
+            return False
+        return True
 
     def _wait(
         self,
@@ -156,8 +164,15 @@ class Child:
         what: str,
     ) -> dict[str, Any]:
         heard = time.monotonic()
+        stopping_until: float | None = None
         while True:
-            if should_stop():
+            if stopping_until is None and should_stop():
+                if self.ready_s is None:  # still starting: nothing of the call to save
+                    self.kill()
+                    raise ChildStopped(what)
+                stopping_until = time.monotonic() + STOP_GRACE_S
+                self._send({"op": "stop"})
+            if stopping_until is not None and time.monotonic() > stopping_until:
                 self.kill()
                 raise ChildStopped(what)
             if time.monotonic() - heard > silence_s:
@@ -182,6 +197,9 @@ class Child:
                 ) from exc
             for message in messages:
                 answer = self._handle(message, progress)
+                if stopping_until is not None and (answer is not None or message["event"] == "stopped"):
+                    self.kill()  # it obeyed; a stopped child is not reused all the same
+                    raise ChildStopped(what)
                 if answer is not None:
                     return answer
 
