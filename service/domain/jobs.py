@@ -73,6 +73,7 @@ class ErrorType(StrEnum):
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # its worker died on every attempt (killed, out of memory)
     TRAINING_ERROR = "TrainingError"  # the adversarial training cannot run as asked, or diverged
     ARTIFACT_WRITE_ERROR = "ArtifactWriteError"  # a result file could not be written (disk full, ...)
+    MODEL_CRASHED = "ModelCrashed"  # the model's sandboxed process died (a resource limit, or a crash)
 
 
 def job_error(kind: ErrorType, detail: str) -> dict[str, str]:
