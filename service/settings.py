@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,8 +49,19 @@ class Settings(BaseSettings):
     # as it is.
     worker_max_open_files: int = Field(default=4096, ge=0)
     worker_memory_limit_bytes: int = Field(default=0, ge=0)
-    # Models kept loaded and compiled in one worker process, keyed by sha256.
-    worker_model_cache_size: int = Field(default=4, ge=1)
+    # Every model runs in a child process of the worker (workers/sandbox/, docs/security.md): in
+    # bubblewrap's namespaces ("bwrap"), with resource limits only ("rlimits"), or "auto": bwrap when it
+    # works on this machine, else rlimits with a warning in the worker log.
+    sandbox: Literal["auto", "bwrap", "rlimits"] = "auto"
+    # The child's private memory (RLIMIT_DATA; 0: no cap). Past it, allocations fail and the job fails.
+    sandbox_memory_limit_bytes: int = Field(default=8 * GiB, ge=0)
+    # A call into the child that sends no progress for this long is stopped (a model that never returns).
+    sandbox_call_timeout_s: float = Field(default=900.0, gt=0)
+    # A model's validation (load, probe, checks) stops after this long, and the model is rejected.
+    validation_time_limit_s: float = Field(default=300.0, gt=0)
+    # Keep the last child alive for the next job of the same owner and model (its graphs stay compiled);
+    # False starts a fresh child for every job.
+    sandbox_reuse_children: bool = True
     # A running job's claim expires this long after the worker's last heartbeat;
     # then another worker may take it.
     job_lease_s: float = Field(default=60.0, gt=0)

@@ -399,3 +399,30 @@ _TF1: dict[str, Callable[[Path, str], None]] = {
     "main_op writes": _save_tensor_is_main_op,
     "restore reads :1": _restore_reads_output_1,
 }
+
+
+# ---- faults: models that never return (F3) -------------------------------------------------------------
+
+
+def export_hanging(path: Path, *, above: int) -> Path:
+    """A digits-shaped (8, 8, 1) SavedModel that loops forever on batches of more than `above` samples.
+
+    Only allowlisted ops (a While on a counter): nothing the graph checks can refuse, so only the worker's
+    deadlines stop it. `above=0` hangs on every call, the validation's probe included.
+    """
+    import tensorflow as tf
+
+    class Hanging(tf.Module):
+        def __init__(self) -> None:
+            self.w = tf.Variable(tf.random.stateless_normal([64, 10], seed=[3, 4]) * 0.1)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32)])
+        def __call__(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            big = tf.shape(x)[0] > above
+            count = tf.while_loop(
+                lambda i: tf.logical_and(big, i >= 0), lambda i: i + 1, [tf.constant(0, tf.int64)]
+            )[0]
+            logits = tf.matmul(tf.reshape(x, [-1, 64]), self.w)
+            return {"logits": logits + tf.cast(count, tf.float32) * 0.0}
+
+    return _save_module(Hanging(), path)

@@ -11,8 +11,8 @@ from service.settings import Settings
 from service.store.artifacts import ArtifactStore
 from service.store.jobs import JobStore
 from workers.context import WorkerContext
-from workers.models.cache import ModelCache
 from workers.runners import validation
+from workers.sandbox.pool import ChildPool
 
 DIGITS_FGSM = {"dataset_id": "builtin:digits:test", "attacks": [{"name": "fgsm", "eps": [0.1, 0.2]}]}
 
@@ -29,16 +29,18 @@ def worker_context(settings: Settings, *, worker: str = "test-worker") -> Iterat
     """A SQLite store and an artifact store in `settings.data_dir`, and a sender that records."""
     store = JobStore(settings.resolved_database_url)
     store.create_schema()
+    children = ChildPool(settings)
     try:
         yield WorkerContext(
             settings=settings,
             store=store,
             artifacts=ArtifactStore(settings.data_dir),
-            models=ModelCache(2),
+            children=children,
             worker=worker,
             send=Sent(),
         )
     finally:
+        children.close()
         store.dispose()
 
 

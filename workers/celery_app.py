@@ -33,19 +33,18 @@ def _setup_logging(loglevel: int | str | None = None, logfile: str | None = None
 
 
 @signals.worker_init.connect  # type: ignore[untyped-decorator]
-def _configure_devices(**_: Any) -> None:
-    # Before any task touches TensorFlow: memory growth must be set before a GPU is initialised.
-    from workers.runtime.devices import configure_devices
-
-    configure_devices()
-
-
-@signals.worker_init.connect  # type: ignore[untyped-decorator]
 def _apply_limits(**_: Any) -> None:
-    # Before any model is loaded: limits the model's code cannot raise again (workers/runtime/sandbox.py).
-    from workers.runtime.sandbox import apply_limits
+    # The worker's own limits, a ceiling for its model processes (workers/runtime/limits.py).
+    from workers.runtime.limits import apply_limits
 
     apply_limits(get_settings())
+
+
+@signals.worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _end_children(**_: Any) -> None:
+    from workers.context import build_context
+
+    build_context().children.close()
 
 
 @signals.worker_ready.connect  # type: ignore[untyped-decorator]

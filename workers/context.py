@@ -1,7 +1,8 @@
 """What a worker process shares between its jobs, and the steps every job runner takes the same way.
 
-The runners (`workers/runners/`) claim a job, load its model and dataset through these helpers, and
-end it through `runners/base.py`; `build_context` makes the one context of a worker process.
+The runners (`workers/runners/`) claim a job, hand its model and dataset to a child process through these
+helpers (`workers/sandbox/`), and end it through `runners/base.py`; `build_context` makes the one context
+of a worker process.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Literal
 
 from celery import current_app
 
-from service.domain.datasets import ArrayDataset, DatasetError, is_builtin, load_builtin, load_npz
+from service.domain.datasets import ArrayDataset, DatasetError, is_builtin, load_builtin
 from service.domain.results import Progress
 from service.domain.tasks import QUEUE
 from service.errors import NotFound
@@ -24,10 +25,9 @@ from service.settings import Settings, get_settings
 from service.store.artifacts import ArtifactStore
 from service.store.jobs import JobStore
 from service.store.records import ModelRecord
-from workers.models.cache import ModelCache
 from workers.models.errors import ModelLoadError
-from workers.models.loading import LoadedModel, load_model
 from workers.runtime.heartbeat import Heartbeat, lease_heartbeat
+from workers.sandbox.pool import ChildPool, ModelRef, Session
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class WorkerContext:
     settings: Settings
     store: JobStore
     artifacts: ArtifactStore
-    models: ModelCache[LoadedModel]
+    children: ChildPool  # the model processes (workers/sandbox/); the worker itself never loads a model
     worker: str
     # Sends a follow-up task by name (job id as its one argument); Celery's send_task in a worker.
     send: Callable[[str, str], None]
@@ -72,24 +72,12 @@ def model_record(store: JobStore, model_id: str) -> ModelRecord:
     return record
 
 
-def load_job_model(ctx: WorkerContext, record: ModelRecord) -> LoadedModel:
-    def load() -> LoadedModel:
-        # SavedModel archives are extracted once per sha into data_dir/models/<sha>/.
-        work_dir = ctx.settings.data_dir / "models" / record.sha256
-        return load_model(
-            ctx.artifacts.blob_path(record.sha256),  # load_model tells the format from the content
-            # Before validation this is what the uploader asked for (maybe "auto"); after, what was found.
-            output=requested_output(record.output),
-            sha256=record.sha256,
-            work_dir=work_dir,
-        )
-
-    return ctx.models.get_or_load(cache_key(record.sha256, record.output), load)
-
-
-def cache_key(sha256: str, output: str) -> str:
-    # Two owners may upload the same bytes and tell different output kinds: they are different models.
-    return f"{sha256}:{output}"
+def model_ref(ctx: WorkerContext, record: ModelRecord) -> ModelRef:
+    """The model a job's child loads: its owner (a warm child serves one), stored file and output kind."""
+    # Before validation the output is what the uploader asked for (maybe "auto"); after, what was found.
+    return ModelRef(
+        record.owner, record.sha256, ctx.artifacts.blob_path(record.sha256), requested_output(record.output)
+    )
 
 
 def requested_output(value: str) -> Literal["auto", "logits", "probabilities"]:
@@ -98,14 +86,15 @@ def requested_output(value: str) -> Literal["auto", "logits", "probabilities"]:
     return "probabilities" if value == "probabilities" else "auto"
 
 
-def job_dataset(ctx: WorkerContext, dataset_id: str) -> ArrayDataset:
+def dataset_arg(ctx: WorkerContext, session: Session, dataset_id: str) -> dict[str, str]:
+    """How the child finds a dataset: a built-in by name, an upload copied into the session's inbox."""
     if is_builtin(dataset_id):
-        return builtin_dataset(dataset_id)
+        return {"builtin": dataset_id}
     try:
         record = ctx.store.get_dataset(dataset_id)
     except NotFound as exc:
         raise DatasetError(f"dataset {dataset_id} no longer exists") from exc
-    return load_npz(ctx.artifacts.blob_path(record.sha256))
+    return {"path": session.stage(ctx.artifacts.blob_path(record.sha256))}
 
 
 @lru_cache(maxsize=8)
@@ -120,7 +109,7 @@ def send_task(name: str, job_id: str) -> None:
 
 @lru_cache(maxsize=1)
 def build_context() -> WorkerContext:
-    """The worker process's store, artifact store and model cache, built on first use."""
+    """The worker process's store, artifact store and model processes, built on first use."""
     settings = get_settings()
     # Absolute, because each job runs with its cwd in its own directory (workers/runtime/sandbox.py).
     settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
@@ -130,7 +119,7 @@ def build_context() -> WorkerContext:
         settings=settings,
         store=store,
         artifacts=ArtifactStore(settings.data_dir),
-        models=ModelCache(settings.worker_model_cache_size),
+        children=ChildPool(settings),
         # Unique per process: two workers on one host must not share leases.
         worker=f"{socket.gethostname()}:{os.getpid()}",
         send=send_task,

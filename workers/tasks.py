@@ -6,9 +6,6 @@ the job row decides whether a delivery has anything to do.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-from pathlib import Path
-
 from service.domain.tasks import (
     DELIVER_CALLBACK,
     RUN_EVALUATION,
@@ -21,36 +18,28 @@ from workers.context import build_context
 from workers.runners import sharded as shards
 from workers.runners import training as training_jobs
 from workers.runners import validation
-from workers.runtime import callbacks, sandbox
-
-
-def _job_directory(job_id: str) -> AbstractContextManager[Path]:
-    return sandbox.job_directory(build_context().settings.data_dir, job_id)
+from workers.runtime import callbacks
 
 
 @app.task(name=VALIDATE_MODEL)  # type: ignore[untyped-decorator]
 def validate_model(model_id: str) -> None:
-    with _job_directory(model_id):
-        validation.validate_model(build_context(), model_id)
+    validation.validate_model(build_context(), model_id)
 
 
 @app.task(name=RUN_EVALUATION)  # type: ignore[untyped-decorator]
 def run_evaluation(job_id: str) -> None:
     # Large evaluations are split into shards (workers/runners/sharded.py); the rest run whole.
-    with _job_directory(job_id):
-        shards.run_evaluation(build_context(), job_id)
+    shards.run_evaluation(build_context(), job_id)
 
 
 @app.task(name=RUN_EVALUATION_SHARD)  # type: ignore[untyped-decorator]
 def run_evaluation_shard(key: str) -> None:
-    with _job_directory(key):
-        shards.run_shard(build_context(), key)
+    shards.run_shard(build_context(), key)
 
 
 @app.task(name=RUN_TRAINING)  # type: ignore[untyped-decorator]
 def run_training(job_id: str) -> None:
-    with _job_directory(job_id):
-        training_jobs.run_training(build_context(), job_id)
+    training_jobs.run_training(build_context(), job_id)
 
 
 @app.task(  # type: ignore[untyped-decorator]

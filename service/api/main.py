@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from service.api import docs
 from service.api.job_cache import JobCache
 from service.api.job_status import JobStatusFastPath
 from service.api.metrics import Metrics, MetricsMiddleware
@@ -78,6 +79,8 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
         description=DESCRIPTION,
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
+        docs_url=None,  # service/api/docs.py serves both pages with local assets
+        redoc_url=None,
     )
     app.openapi = problem_openapi(app)  # type: ignore[method-assign]
     app.state.settings = settings
@@ -90,6 +93,7 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     app.state.job_cache = job_cache
     for router in ROUTERS:
         app.include_router(router)
+    app.include_router(docs.router)
     job_route = next(r for r in jobs_routes.router.routes if getattr(r, "path", None) == "/v1/jobs/{job_id}")
     app.add_middleware(JobStatusFastPath, store=store, keyring=keyring, route=job_route, cache=job_cache)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last: outermost, so it times both

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.schemas import Problem, ProblemItem
+from service.domain.messages import without_server_paths
 from service.domain.specs import AttackSpec
 from service.errors import ServiceError
 
@@ -39,7 +40,7 @@ def problem_response(
         type=f"/problems/{type_}",
         title=title,
         status=status,
-        detail=detail,
+        detail=without_server_paths(detail),  # a library's sentence may name the upload's temporary file
         instance=request.url.path,
         errors=errors,
     )

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -20,20 +21,30 @@ from service.cli.client import ClientError, ParryClient, new_idempotency_key
 from service.cli.common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
+    USER_ERRORS,
     CommandError,
     Commands,
     ensure_dataset_id,
     ensure_ready_model,
     err,
+    error_sentence,
     guarded,
     make_client,
     wait_for_job,
 )
 from service.cli.config import CheckConfig, find_config, load_config
 from service.domain.results import EvaluationResult
-from service.domain.verdicts import BaselineError, CheckOutcome, baseline_result, judge, pct
-from service.reports.junit import junit_report
-from service.reports.markdown import markdown_report
+from service.domain.verdicts import (
+    NO_THRESHOLDS,
+    BaselineError,
+    CheckOutcome,
+    baseline_result,
+    is_judged,
+    judge,
+    pct,
+)
+from service.reports.junit import junit_error_report, junit_report
+from service.reports.markdown import markdown_error_report, markdown_report
 
 # Set by CI systems for one run of a pipeline; a step retried within that run keeps them.
 _CI_RUN_VARIABLES = ("GITHUB_RUN_ID", "GITHUB_RUN_ATTEMPT", "GITHUB_JOB", "CI_PIPELINE_ID", "CI_JOB_NAME")
@@ -84,6 +95,16 @@ def add_check_command(commands: Commands, server: argparse.ArgumentParser) -> No
 
 
 def run_check(args: argparse.Namespace) -> int:
+    """The check; when it cannot run (exit 2), its JUnit, JSON and Markdown still say why."""
+    submitted: dict[str, str] = {}
+    try:
+        return _run_check(args, submitted)
+    except (*USER_ERRORS, ValidationError) as exc:
+        _write_error_reports(args, error_sentence(exc), job_id=submitted.get("job_id"))
+        raise
+
+
+def _run_check(args: argparse.Namespace, submitted: dict[str, str]) -> int:
     config_path = find_config(args.config)
     config = load_config(config_path)
     if args.tolerance is not None and not 0 <= args.tolerance <= 1:
@@ -102,6 +123,7 @@ def run_check(args: argparse.Namespace) -> int:
             )
         else:
             say(f"job {job['id']} submitted")
+        submitted["job_id"] = str(job["id"])
         timeout = args.timeout if args.timeout is not None else config.evaluation.timeout_s
         job = wait_for_job(client, str(job["id"]), timeout=timeout, quiet=args.quiet)
     result = EvaluationResult.model_validate(job["result"])
@@ -118,6 +140,11 @@ def run_check(args: argparse.Namespace) -> int:
     Console(highlight=False).print(outcome_table(result, outcomes))
     _write_reports(args, job, result, outcomes, config_path)
     failed = [o for o in outcomes if not o.passed]
+    if not any(is_judged(o) for o in outcomes):
+        err(
+            f"parry: {NO_THRESHOLDS}: {len(outcomes)} results reported, none judged (add min_robust_accuracy)"
+        )
+        return EXIT_OK
     if failed:
         first = failed[0]
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
@@ -210,7 +237,7 @@ def outcome_table(result: EvaluationResult, outcomes: list[CheckOutcome]) -> Tab
         if required and o.use_lower_bound:
             required += " (CI)" if o.max_value is not None else " (lower)"
         row = [
-            "PASS" if o.passed else "FAIL",
+            ("PASS" if o.passed else "FAIL") if is_judged(o) else "—",
             o.name,
             pct(o.robust_accuracy),
             f"{pct(lo)}–{pct(hi)}",
@@ -235,6 +262,7 @@ def _write_reports(
     if args.json is not None:
         body = {
             "passed": all(o.passed for o in outcomes),
+            "thresholds_set": any(is_judged(o) for o in outcomes),
             "job_id": job_id,
             "reused_from": reused_from,
             "config": str(config_path),
@@ -253,6 +281,24 @@ def _write_reports(
                     fh.write(text + "\n")
             except OSError as exc:
                 err(f"parry: warning: cannot append to GITHUB_STEP_SUMMARY ({summary}): {exc}")
+
+
+def _write_error_reports(args: argparse.Namespace, message: str, *, job_id: str | None) -> None:
+    """What a pipeline shows when the check could not run; a report that cannot be written is a warning,
+    since the error being reported matters more."""
+    reports = []
+    if args.junit is not None:
+        reports.append((args.junit, junit_error_report(message, job_id=job_id)))
+    if args.json is not None:
+        body = {"passed": False, "error": message, "job_id": job_id, "checks": [], "result": None}
+        reports.append((args.json, json.dumps(body, indent=2) + "\n"))
+    if args.markdown is not None:
+        reports.append((args.markdown, markdown_error_report(message)))
+    for path, text in reports:
+        try:
+            _write(path, text)
+        except CommandError as exc:
+            err(f"parry: warning: {exc}")
 
 
 def _write(path: Path, text: str) -> None:

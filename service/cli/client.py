@@ -29,6 +29,15 @@ from service.domain.jobs import TERMINAL_STATUSES
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# The API's hints name its routes, for any HTTP client; a CLI user is told the command instead.
+CLI_HINTS = {
+    "POST /v1/models": "`parry upload-model FILE`",
+    "POST /v1/datasets": "`parry upload-dataset FILE`",
+    "POST /v1/evaluations": "`parry submit`",
+    "POST /v1/trainings": "`parry train`",
+    "GET /v1/models": "`parry models`",
+    "GET /v1/datasets": "`parry datasets`",
+}
 
 
 class ClientError(Exception):
@@ -455,10 +464,17 @@ def _api_error(response: httpx.Response, what: str) -> ApiError:
     if status == 401:
         message = "the server refused the API key (HTTP 401); set PARRY_API_KEY or --api-key to a valid key"
     elif isinstance(detail, str) and detail:
-        message = detail.rstrip(".") + f" (HTTP {status})"
+        message = cli_hints(detail).rstrip(".") + f" (HTTP {status})"
     else:
         message = f"the server answered HTTP {status} to {what}"
     return ApiError(message, status=status, problem=problem)
+
+
+def cli_hints(detail: str) -> str:
+    """The API's sentence with each route it suggests replaced by the `parry` command that does it."""
+    for route, command in CLI_HINTS.items():
+        detail = detail.replace(route, command)
+    return detail
 
 
 def _transport_problem(exc: httpx.TransportError) -> str:

@@ -1,5 +1,6 @@
 """`parry` commands that talk to a server: upload-model, upload-dataset, submit, train, status, wait,
-report, download. `check` (the CI gate) is in `check.py`; what both use is in `common.py`.
+cancel, report, download. `check` (the CI gate) is in `check.py`, the listings (jobs, models, datasets)
+in `listings.py`; what they all use is in `common.py`.
 
 The server is `--server`, else PARRY_SERVER, else http://127.0.0.1:8000; the key is `--api-key`, else
 PARRY_API_KEY. Exit codes: 0 done, 1 a check failed, 2 the command could not do its work (one sentence
@@ -13,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
 
 from service.cli.client import ParryClient
 from service.cli.common import (
@@ -30,8 +33,11 @@ from service.cli.common import (
     resolve_model_id,
     wait_for_job,
 )
+from service.cli.tables import WIDE, job_summary, output_console
 from service.domain.attack_syntax import parse_attack
 from service.domain.specs import EvaluationOptions, TrainingSpec
+
+REPORT_FORMATS = ("table", "json", "markdown", "junit", "html")
 
 
 def add_client_commands(commands: Commands, server: argparse.ArgumentParser) -> None:
@@ -233,9 +239,23 @@ def _add_job_commands(commands: Commands, server: argparse.ArgumentParser) -> No
     cmd.add_argument("--quiet", action="store_true")
     cmd.set_defaults(run=guarded(_run_wait))
 
-    cmd = commands.add_parser("report", parents=[server], help="print or save a job's report")
+    cmd = commands.add_parser("cancel", parents=[server], help="cancel a queued or running job")
     cmd.add_argument("job")
-    cmd.add_argument("--format", choices=("json", "junit", "markdown", "html"), default="json")
+    cmd.add_argument("--wait", action="store_true", help="wait until the job has stopped")
+    cmd.add_argument("--timeout", type=float, default=None, metavar="S")
+    cmd.set_defaults(run=guarded(_run_cancel))
+
+    cmd = commands.add_parser(
+        "report",
+        parents=[server],
+        help="print or save a job's report",
+        description="Print a job's report: a table on a terminal, JSON when piped or written to a file, "
+        "unless --format says otherwise.",
+    )
+    cmd.add_argument("job")
+    cmd.add_argument(
+        "--format", choices=REPORT_FORMATS, default=None, help="default: table on a terminal, else json"
+    )
     cmd.add_argument("--output", "-o", type=Path, default=None, metavar="FILE", help="write here, not stdout")
     cmd.set_defaults(run=guarded(_run_report))
 
@@ -261,19 +281,65 @@ def _run_status(args: argparse.Namespace) -> int:
 def _follow(client: ParryClient, job_id: str, *, timeout: float | None, quiet: bool) -> int:
     job = wait_for_job(client, job_id, timeout=timeout, quiet=quiet)
     out(describe_job(job))
+    print_summary(job)
     return EXIT_OK
 
 
-def _run_report(args: argparse.Namespace) -> int:
+def print_summary(job: dict[str, Any]) -> None:
+    """A finished job's result as tables on stdout (`parry wait` and `--wait` end with it)."""
+    console = output_console()
+    for part in job_summary(job):
+        console.print(part)
+
+
+def _run_cancel(args: argparse.Namespace) -> int:
     with make_client(args) as client:
-        text = client.report(args.job, format=args.format)
-    if args.format == "json":
+        job = client.cancel_job(args.job)
+        if args.wait:
+            job = client.wait_job(args.job, timeout=args.timeout)
+    out(describe_job(job))
+    return EXIT_OK
+
+
+def report_format(requested: str | None, *, to_file: bool) -> str:
+    """`--format`, else a table for a person at a terminal and JSON for a pipe or a file."""
+    if requested is not None:
+        return requested
+    return "table" if not to_file and sys.stdout.isatty() else "json"
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    fmt = report_format(args.format, to_file=args.output is not None)
+    with make_client(args) as client:
+        if fmt == "table":
+            return _print_report_table(client, args)
+        text = client.report(args.job, format=fmt)
+    if fmt == "json":
         text = json.dumps(json.loads(text), indent=2) + "\n"
     if args.output is not None:
         args.output.write_text(text, encoding="utf-8")
         err(f"report written to {args.output}")
     else:
         sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _print_report_table(client: ParryClient, args: argparse.Namespace) -> int:
+    result = client.result(args.job)  # the server's sentence when the job has no result yet
+    job = {**client.get_job(args.job), "result": result}
+    parts = job_summary(job)
+    if not parts:
+        raise CommandError(f"job {args.job}'s result cannot be shown as a table; try --format json")
+    console = output_console()
+    if args.output is not None:
+        with args.output.open("w", encoding="utf-8") as fh:
+            console = Console(file=fh, width=WIDE, highlight=False, color_system=None)
+            for part in parts:
+                console.print(part)
+        err(f"report written to {args.output}")
+        return EXIT_OK
+    for part in parts:
+        console.print(part)
     return EXIT_OK
 
 

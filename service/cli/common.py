@@ -48,6 +48,11 @@ def err(text: str) -> None:
     sys.stderr.flush()
 
 
+def error_sentence(exc: Exception) -> str:
+    """The one sentence a user sees for an error they can cause."""
+    return describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+
+
 def guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Every error a user can cause becomes `parry: <sentence>` on stderr and exit code 2."""
 
@@ -55,11 +60,8 @@ def guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
     def wrapper(args: argparse.Namespace) -> int:
         try:
             return run(args)
-        except USER_ERRORS as exc:
-            err(f"parry: {exc}")
-            return EXIT_ERROR
-        except ValidationError as exc:
-            err(f"parry: {describe_validation_error(exc)}")
+        except (*USER_ERRORS, ValidationError) as exc:
+            err(f"parry: {error_sentence(exc)}")
             return EXIT_ERROR
 
     return wrapper

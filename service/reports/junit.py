@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
 from service.domain.results import EvaluationResult
-from service.domain.verdicts import CheckOutcome, pct
+from service.domain.verdicts import NO_THRESHOLDS, CheckOutcome, is_judged, pct
 
 
 def junit_report(
@@ -17,10 +17,12 @@ def junit_report(
     reused_from: str | None = None,
     suite_name: str = "parry robustness",
 ) -> str:
-    """A `<testsuites>` document with one `<testsuite>` holding a `<testcase>` per outcome."""
+    """A `<testsuites>` document with one `<testsuite>` holding a `<testcase>` per outcome; an outcome that
+    no threshold judged is `<skipped message="no thresholds set">`, never a pass."""
     failures = sum(not o.passed for o in outcomes)
+    skipped = sum(not is_judged(o) for o in outcomes)
     seconds = f"{sum(o.seconds for o in outcomes):.3f}"
-    counts = {"tests": str(len(outcomes)), "failures": str(failures), "errors": "0", "skipped": "0"}
+    counts = {"tests": str(len(outcomes)), "failures": str(failures), "errors": "0", "skipped": str(skipped)}
     root = ET.Element("testsuites", {"name": suite_name, **counts, "time": seconds})
     suite = ET.SubElement(root, "testsuite", {"name": suite_name, **counts, "time": seconds})
     properties = ET.SubElement(suite, "properties")
@@ -48,6 +50,8 @@ def junit_report(
                 case, "failure", {"message": outcome.message, "type": "RobustnessCheckFailed"}
             )
             failure.text = numbers
+        elif not is_judged(outcome):
+            ET.SubElement(case, "skipped", {"message": NO_THRESHOLDS})
         ET.SubElement(case, "system-out").text = numbers
     if result.warnings:
         ET.SubElement(suite, "system-err").text = "\n".join(f"warning: {w}" for w in result.warnings)
@@ -74,3 +78,20 @@ def _numbers(outcome: CheckOutcome) -> str:
         )
     lines.append(outcome.message)
     return "\n".join(lines)
+
+
+def junit_error_report(
+    message: str, *, job_id: str | None = None, suite_name: str = "parry robustness"
+) -> str:
+    """The report of a check that could not run: one failed test case carrying the sentence, so a CI's
+    test view shows why instead of nothing."""
+    counts = {"tests": "1", "failures": "1", "errors": "0", "skipped": "0", "time": "0.000"}
+    root = ET.Element("testsuites", {"name": suite_name, **counts})
+    suite = ET.SubElement(root, "testsuite", {"name": suite_name, **counts})
+    if job_id is not None:
+        properties = ET.SubElement(suite, "properties")
+        ET.SubElement(properties, "property", {"name": "job_id", "value": job_id})
+    case = ET.SubElement(suite, "testcase", {"classname": "parry", "name": "parry check", "time": "0.000"})
+    ET.SubElement(case, "failure", {"message": message, "type": "CheckCouldNotRun"}).text = message
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from service.domain.headline import headlines
 from service.domain.results import EvaluationResult
-from service.domain.verdicts import CheckOutcome, pct
+from service.domain.verdicts import NO_THRESHOLDS, CheckOutcome, is_judged, pct
 
 
 def markdown_report(
@@ -18,9 +18,7 @@ def markdown_report(
     title: str = "Parry robustness check",
 ) -> str:
     """A heading with the verdict, one line of context, a table with a row per outcome, and the warnings."""
-    failed = sum(not o.passed for o in outcomes)
-    verdict = f"{len(outcomes) - failed} passed, {failed} failed" if failed else f"all {len(outcomes)} passed"
-    lines = [f"### {'❌' if failed else '✅'} {title}: {verdict}", ""]
+    lines = [f"### {_verdict(outcomes, title)}", ""]
     context = (
         f"{result.num_samples} samples, clean accuracy {pct(result.clean_accuracy)}, seed {result.seed}; "
         f"model `{result.model_sha256[:12]}`, dataset `{result.dataset_sha256[:12]}`"
@@ -42,7 +40,7 @@ def markdown_report(
         if o.requirement() and o.use_lower_bound:
             required += " (95% interval)" if o.max_value is not None else " (lower bound)"
         cells = [
-            "✅" if o.passed else "❌",
+            ("✅" if o.passed else "❌") if is_judged(o) else "—",
             _escape(o.name),
             pct(o.robust_accuracy),
             f"{pct(lo)}–{pct(hi)}",
@@ -71,6 +69,26 @@ def _headline_lines(result: EvaluationResult) -> list[str]:
         text = f"**{title[:1].upper()}{title[1:]}: {pct(headline.robust_accuracy)}**{ci}"
         lines.append(text + (f" — {headline.note()}." if headline.note() else "."))
     return [*lines, ""] if lines else []
+
+
+def _verdict(outcomes: Sequence[CheckOutcome], title: str) -> str:
+    """The heading: what failed, what passed, and what no threshold judged (which never reads "passed")."""
+    failed = sum(not o.passed for o in outcomes)
+    unjudged = sum(not is_judged(o) for o in outcomes)
+    passed = len(outcomes) - failed - unjudged
+    if unjudged == len(outcomes):
+        return f"➖ {title}: {NO_THRESHOLDS}"
+    parts = [f"{passed} passed"] if failed or unjudged else [f"all {passed} passed"]
+    if failed:
+        parts.append(f"{failed} failed")
+    if unjudged:
+        parts.append(f"{unjudged} with {NO_THRESHOLDS}")
+    return f"{'❌' if failed else '✅'} {title}: {', '.join(parts)}"
+
+
+def markdown_error_report(message: str, *, title: str = "Parry robustness check") -> str:
+    """The summary of a check that could not run: the heading says so, the sentence says why."""
+    return f"### ❌ {title}: could not run\n\n{_escape(message)}\n"
 
 
 def _baseline_cell(outcome: CheckOutcome) -> str:

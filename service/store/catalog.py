@@ -118,6 +118,18 @@ class CatalogStore(Database):
             count = conn.execute(sa.select(t.validation_attempts).where(t.id == model_id)).scalar_one()
         return int(count)
 
+    def touch_model_validation(self, model_id: str) -> bool:
+        """A validation still running: keeps the model off the reconciler's stale list; False when it is
+        no longer validating (deleted, or settled elsewhere)."""
+        t = models_table.c
+        update = (
+            models_table.update()
+            .where(t.id == model_id, t.status == "validating")
+            .values(updated_at=self.now())
+        )
+        with self._tx() as conn:
+            return bool(conn.execute(update).rowcount == 1)
+
     def set_model_rejected(self, model_id: str, *, reason: str) -> None:
         self._update_model(model_id, status="rejected", rejection=reason)
         log.info("model %s rejected: %s", model_id, reason)

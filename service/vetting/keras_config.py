@@ -32,6 +32,10 @@ class UnsafeKerasConfig(Exception):
     """The configuration names something Parry will not load; the message is one sentence."""
 
 
+class MalformedKerasConfig(UnsafeKerasConfig):
+    """The configuration is not what `model.save()` writes; the message says what is wrong with it."""
+
+
 def read_keras_config(path: Path) -> Any:
     """The parsed `config.json` of a `.keras` file (a zip)."""
     try:
@@ -60,8 +64,49 @@ def parse_config(raw: bytes | str, *, what: str) -> Any:
 
 
 def check_keras_file(path: Path) -> None:
-    """Refuse a `.keras` file whose configuration is unsafe (`UnsafeKerasConfig`)."""
-    check_config(read_keras_config(path))
+    """Refuse a `.keras` file whose configuration is malformed or unsafe (`UnsafeKerasConfig`)."""
+    config = read_keras_config(path)
+    check_structure(config)
+    check_config(config)
+
+
+def check_structure(config: Any) -> None:
+    """Refuse a `.keras` configuration that `model.save()` could not have written, saying what is off,
+    before Keras reports it as something else (a malformed Sequential read as an unknown custom object)."""
+    _check_object(config, "the model")
+    name, layers = config["class_name"], config["config"].get("layers")
+    if name in ("Sequential", "Functional", "Model") or layers is not None:
+        if layers is None:
+            raise _malformed(f"the {name} model has no 'layers'")
+        if not isinstance(layers, list) or not layers:
+            raise _malformed(f"the {name} model's 'layers' is {_kind(layers)}, not a list of layers")
+        for i, layer in enumerate(layers):
+            _check_object(layer, f"layer {i}")
+
+
+def _check_object(obj: Any, what: str) -> None:
+    if not isinstance(obj, dict):
+        raise _malformed(f"{what} is {_kind(obj)}, not an object")
+    name = obj.get("class_name")
+    if not isinstance(name, str) or not name:
+        raise _malformed(f"{what} has no 'class_name'")
+    if "config" not in obj:
+        raise _malformed(f"{what} ({name}) has no 'config'")
+    if not isinstance(obj["config"], dict):
+        raise _malformed(f"{what} ({name}) has {_kind(obj['config'])} as its 'config', not an object")
+
+
+def _malformed(problem: str) -> MalformedKerasConfig:
+    return MalformedKerasConfig(
+        f"The .keras file's config.json is malformed: {problem}; save the model again with model.save()."
+    )
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an empty list" if not value else "a list"
+    kinds = {dict: "an object", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number")
 
 
 def check_config(config: Any) -> None:

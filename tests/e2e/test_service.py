@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from service.domain.specs import EvaluationOptions
 from tests.e2e.conftest import RedisServer, Service
+from tests.sandboxing import child_processes
 
 ATTACKS: list[dict[str, Any]] = [
     {"name": "fgsm", "eps": [0.05, 0.1, 0.2]},
@@ -326,11 +328,14 @@ def test_restarting_the_api_mid_job_loses_nothing(
 
 
 def test_a_killed_workers_job_is_finished_by_the_next_worker(
-    service: Service, ready_models: dict[str, dict[str, Any]]
+    service: Service, ready_models: dict[str, dict[str, Any]], wait_until: Callable[..., None]
 ) -> None:
     job = _medium_job(service, ready_models["keras"]["id"])
     _wait_progress(service, job["id"])
+    assert child_processes(str(service.data_dir / "work")), "the job's model process is not running"
     service.kill_worker(signal.SIGKILL)
+    # The model's process dies with its worker: nothing of the job keeps running unwatched.
+    wait_until(lambda: not child_processes(str(service.data_dir / "work")), timeout=30)
     service.start_worker()
     done = service.wait_job(job["id"])
     assert done["status"] == "succeeded", done

@@ -120,6 +120,20 @@ def test_workers_never_import_the_ui() -> None:
     assert not bad
 
 
+def test_only_the_sandbox_child_loads_a_users_model() -> None:
+    # The worker process never loads a model: its runners hand the job to a child (workers/sandbox/).
+    loaders = ("workers.models.loading", "workers.models.keras", "workers.models.saved_model")
+    bad = {
+        f"{path.relative_to(ROOT)} imports {dep}"
+        for name, path in _modules().items()
+        if name.startswith(("workers.runners", "workers.context", "workers.tasks", "workers.celery_app"))
+        or name in ("workers.sandbox.pool", "workers.sandbox.process", "workers.sandbox.protocol")
+        for dep in _imports(path)
+        if dep.startswith(loaders)
+    }
+    assert not bad
+
+
 def test_service_holds_at_most_ten_modules_of_its_own() -> None:
     assert len(list((ROOT / "service").glob("*.py"))) <= 10
 

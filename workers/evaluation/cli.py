@@ -13,20 +13,29 @@ import argparse
 import json
 import logging
 import os
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from rich.console import Console
 
 from service.cli.common import EXIT_OK, CommandError, Commands, parse_input_range
 from service.cli.installs import require_install
-from service.cli.tables import result_table
+from service.cli.tables import output_console, result_table
 from service.domain.attack_syntax import describe_validation_error, parse_attack
-from service.domain.builtins import is_builtin
+from service.domain.builtins import DatasetError, is_builtin
 from service.domain.results import Progress
 from service.domain.specs import EvaluationOptions
+from service.vetting.archives import ArchiveError, detect_model_format
+from service.vetting.keras_config import UnsafeKerasConfig, check_keras_file
+
+if TYPE_CHECKING:  # NumPy: not in the client install, which builds this command's parser
+    from service.domain.datasets import ArrayDataset
 
 
 def add_evaluate_command(commands: Commands) -> None:
@@ -72,11 +81,35 @@ def add_evaluate_command(commands: Commands) -> None:
         help="write per-sample outcomes (which samples fell to which attack) as .npz",
     )
     cmd.add_argument("--quiet", action="store_true", help="no progress output")
+    cmd.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up log lines")
     cmd.set_defaults(run=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     require_install("evaluate")
+    options, dataset = _checked_inputs(args)
+    with tensorflow_start_up(verbose=args.verbose):
+        from workers.evaluation.local import LocalEvaluationError, run_local_evaluation
+
+    err = Console(stderr=True)
+    report = _progress_printer(err, quiet=args.quiet)
+    try:
+        outcome = run_local_evaluation(args.model, dataset, options, output=args.output, progress=report)
+    except LocalEvaluationError as exc:
+        raise CommandError(str(exc)) from exc
+    output_console().print(result_table(outcome.result))
+    for warning in outcome.result.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    if args.json:
+        args.json.write_text(json.dumps(outcome.result.model_dump(mode="json"), indent=2) + "\n")
+    if args.per_sample:
+        outcome.save_per_sample(args.per_sample)
+    return EXIT_OK
+
+
+def _checked_inputs(args: argparse.Namespace) -> tuple[EvaluationOptions, ArrayDataset]:
+    """Everything that can be checked without TensorFlow, checked before it loads (it takes seconds):
+    the attacks and options, the model file's format, and the dataset read whole (keys, shapes, labels)."""
     attacks = [parse_attack(text) for text in args.attack]
     try:
         options = EvaluationOptions(
@@ -92,28 +125,47 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         raise CommandError(f"model {args.model} does not exist")
     if not is_builtin(args.dataset) and not Path(args.dataset).is_file():
         raise CommandError(f"dataset {args.dataset} does not exist (give an .npz file or a builtin: id)")
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter is not for users
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    from workers.evaluation.local import LocalEvaluationError, run_local_evaluation
-
-    err = Console(stderr=True)
-    report = _progress_printer(err, quiet=args.quiet)
     try:
-        outcome = run_local_evaluation(args.model, args.dataset, options, output=args.output, progress=report)
-    except LocalEvaluationError as exc:
-        raise CommandError(str(exc)) from exc
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=140)  # logs and pipes: rich would assume 80 columns and wrap the table's cells
-    out.print(result_table(outcome.result))
-    for warning in outcome.result.warnings:
-        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-    if args.json:
-        args.json.write_text(json.dumps(outcome.result.model_dump(mode="json"), indent=2) + "\n")
-    if args.per_sample:
-        outcome.save_per_sample(args.per_sample)
-    return EXIT_OK
+        if detect_model_format(args.model) == "keras":
+            check_keras_file(args.model)
+    except (ArchiveError, UnsafeKerasConfig) as exc:
+        raise CommandError(f"model {args.model}: {exc}") from None
+    from service.domain.datasets import load_dataset  # NumPy, and the built-ins' packages: worker install
+
+    try:
+        dataset = load_dataset(args.dataset)
+    except DatasetError as exc:
+        raise CommandError(f"dataset {args.dataset}: {exc}") from None
+    return options, dataset
+
+
+@contextmanager
+def tensorflow_start_up(*, verbose: bool) -> Iterator[None]:
+    """Keep TensorFlow's start-up lines (absl, oneDNN, CUDA probes) off stderr unless `verbose`.
+
+    They are written by C++ code straight to file descriptor 2, before TF_CPP_MIN_LOG_LEVEL applies to
+    all of them, so descriptor 2 itself points elsewhere while TensorFlow loads; they are shown after
+    all when the import fails, since then they may say why.
+    """
+    if verbose:
+        yield
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def _progress_printer(console: Console, *, quiet: bool) -> Callable[[Progress], None]:

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-from service.domain.datasets import file_sha256, load_dataset
+from service.domain.datasets import ArrayDataset, file_sha256, load_dataset
 from service.domain.results import Progress
 from service.domain.specs import EvaluationOptions
 from workers.evaluation.engine import EvaluationError, EvaluationOutcome, evaluate
@@ -22,13 +22,13 @@ class LocalEvaluationError(Exception):
 
 def run_local_evaluation(
     model_path: Path,
-    dataset_ref: str,
+    dataset_ref: str | ArrayDataset,
     options: EvaluationOptions,
     *,
     output: OutputKind | str = "auto",
     progress: Callable[[Progress], None] | None = None,
 ) -> EvaluationOutcome:
-    dataset = load_dataset(dataset_ref)
+    dataset = dataset_ref if isinstance(dataset_ref, ArrayDataset) else load_dataset(dataset_ref)
     try:
         model = load_model(
             model_path,

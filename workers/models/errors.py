@@ -6,9 +6,10 @@ without importing each other.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tensorflow as tf
+if TYPE_CHECKING:  # the worker's parent process raises ModelLoadError without loading TensorFlow
+    import tensorflow as tf
 
 
 class ModelLoadError(Exception):

@@ -110,18 +110,86 @@ def logits_without_softmax(model: Any) -> Callable[[tf.Tensor], tf.Tensor] | Non
 
 
 def _error_sentence(exc: Exception, suffix: str) -> str:
-    text = str(exc)
+    """What Keras' error means for the user. Keras wraps the real cause in one "could not be deserialized"
+    error per level of the model, so the sentence comes from the innermost cause, and a class Keras
+    could not find is called a custom object only when it is not one of Keras' own."""
+    chain = _causes(exc)
+    text = "\n".join(str(e) for e in chain)
     if "Lambda" in text and "safe_mode" in text:
         return (
             f"The {suffix} file contains a Lambda layer (arbitrary Python code), "
             "which Parry refuses to load; replace it with built-in layers or upload a SavedModel export."
         )
+    module = re.search(r"Could not deserialize class '([^']+)' because its parent module (\S+) cannot", text)
+    if module:
+        return (
+            f"The {suffix} file names the module {module.group(2)} for its {module.group(1)}, which this "
+            f"Keras ({_keras_version()}) does not have: it was saved by another Keras version; load and save "
+            "it again with Keras 3.14 or newer, or upload a SavedModel export (`model.export(path)`)."
+        )
     unknown = re.search(r"Could not locate (?:class|function) '([^']+)'", text) or re.search(
         r"Unknown (?:layer|object|activation)[^']*'([^']+)'", text
     )
-    if unknown:
+    if unknown and not _is_builtin(unknown.group(1)):
         return (
             f"The {suffix} file uses the custom object '{unknown.group(1)}', which Parry does not know; "
             "use built-in Keras layers or upload a SavedModel export (`model.export(path)`)."
         )
-    return f"The {suffix} file could not be loaded: {first_sentence(exc)}"
+    layer = _failed_class(text)
+    cause = first_sentence(chain[-1])
+    if "objects could not be loaded" in str(chain[0]):
+        return f"The {suffix} file's weights do not fit its layers: {_weights_problem(str(chain[0]))}"
+    if unknown or layer:
+        what = f"its {layer} layer" if layer and layer not in ("Sequential", "Functional") else "its model"
+        return (
+            f"The {suffix} file's configuration is malformed: Keras cannot rebuild {what} "
+            f"({cause.rstrip('.')}); save the model again with model.save()."
+        )
+    return f"The {suffix} file could not be loaded: {cause}"
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain = [exc]
+    while len(chain) < 20:
+        nxt = chain[-1].__cause__ or chain[-1].__context__
+        if nxt is None or nxt in chain:
+            break
+        chain.append(nxt)
+    return chain
+
+
+def _failed_class(text: str) -> str | None:
+    """The innermost class Keras says it could not rebuild."""
+    found = re.findall(
+        r"Error when deserializing class '([^']+)'|<class '[\w.]*?\.(\w+)'> could not be", text
+    )
+    names = [a or b for a, b in found]
+    return names[-1] if names else None
+
+
+def _weights_problem(text: str) -> str:
+    detail = text.split(":\n\n", 1)[-1]
+    shapes = re.search(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))", detail)
+    layer = re.search(r"Example error message for object <(\w+) name=([^,>]+)", text)
+    where = f" ({layer.group(1)} layer '{layer.group(2)}')" if layer else ""
+    if shapes:
+        return (
+            f"a weight{where} has shape {shapes.group(2)} in the file but {shapes.group(1)} in the "
+            "configuration; save the model again with model.save()."
+        )
+    return f"{first_sentence(ValueError(detail)).rstrip('.')}{where}; save the model again with model.save()."
+
+
+def _is_builtin(name: str) -> bool:
+    import keras
+
+    short = name.rsplit(">", 1)[-1].rsplit(".", 1)[-1]
+    return any(
+        hasattr(namespace, short) for namespace in (keras, keras.layers, keras.models, keras.activations)
+    )
+
+
+def _keras_version() -> str:
+    import keras
+
+    return str(keras.__version__)

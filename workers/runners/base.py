@@ -19,28 +19,28 @@ from service.domain.tasks import DELIVER_CALLBACK
 from service.store.artifacts import ArtifactWriteFailed
 from service.store.records import JobRecord
 from workers.context import INTERNAL_ERROR, WorkerContext, job_heartbeat
-from workers.evaluation.engine import EvaluationError
 from workers.models.errors import ModelLoadError
 from workers.runtime.heartbeat import Heartbeat
-from workers.training.errors import TrainingError
+from workers.sandbox.protocol import ChildError, ChildStopped
 
 log = logging.getLogger(__name__)
 
 Claim = TypeVar("Claim")
 
-# The error type of each failure with a sentence of its own (the user's input, or a disk the operator
-# must fix); anything else is an InternalError.
+# The error type of each failure in the worker itself with a sentence of its own (the user's input, or a
+# disk the operator must fix); the model's child process names its own (`ChildError.kind`); anything else
+# is an InternalError.
 _USER_ERRORS: dict[type[Exception], ErrorType] = {
     ModelLoadError: ErrorType.MODEL_LOAD_ERROR,
     DatasetError: ErrorType.DATASET_ERROR,
-    EvaluationError: ErrorType.EVALUATION_ERROR,
-    TrainingError: ErrorType.TRAINING_ERROR,
     ArtifactWriteFailed: ErrorType.ARTIFACT_WRITE_ERROR,
 }
 
 
 def user_error_type(exc: BaseException) -> ErrorType | None:
-    """The documented error type of a failure the user can fix, or None for anything else."""
+    """The documented error type of a failure with a sentence of its own, or None for anything else."""
+    if isinstance(exc, ChildError):
+        return None if exc.kind == ErrorType.INTERNAL_ERROR else exc.kind
     for cls, kind in _USER_ERRORS.items():
         if isinstance(exc, cls):
             return kind
@@ -59,13 +59,13 @@ class HandedOn(Exception):
 class JobRunner(ABC, Generic[Claim]):
     """One delivery of one task for one job (or shard), from claim to callback.
 
-    Subclasses set `task` (what is sent again when the worker hands the job back on shutdown),
-    `stop_signal` (the exception their work raises when the heartbeat says stop) and `noun` (what a
-    time-limit error calls the work), and implement `work`. The other hooks default to a whole job.
+    Subclasses set `task` (what is sent again when the worker hands the job back on shutdown) and `noun`
+    (what a time-limit error calls the work), and implement `work`. The other hooks default to a whole
+    job. Work that touches the model does it in a child process (`workers/sandbox/`); when the heartbeat
+    says stop, the child is killed and the work raises `ChildStopped`.
     """
 
     task: ClassVar[str]
-    stop_signal: ClassVar[type[Exception]]
     noun: ClassVar[str] = "the job"
 
     def __init__(self, ctx: WorkerContext, key: str) -> None:
@@ -133,7 +133,7 @@ class JobRunner(ABC, Generic[Claim]):
         except Exception as exc:
             if (settled := self.settle(exc)) is not None:
                 status, error = settled
-            elif isinstance(exc, self.stop_signal):
+            elif isinstance(exc, ChildStopped):
                 stopped = heartbeat.stopped(self.noun)
                 if stopped is None:
                     # Hand it back and send it again; this delivery is acknowledged when the task returns.

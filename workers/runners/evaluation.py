@@ -11,14 +11,15 @@ import numpy as np
 
 from service.domain.artifacts import EXAMPLES_ARTIFACT
 from service.domain.jobs import JobStatus
+from service.domain.results import EvaluationResult
 from service.domain.specs import EvaluationSpec
 from service.domain.tasks import RUN_EVALUATION
 from service.store.records import JobRecord
-from workers.context import WorkerContext, job_dataset, load_job_model, model_record
-from workers.evaluation.engine import EvaluationCancelled, evaluate
+from workers.context import WorkerContext, dataset_arg, model_record, model_ref
 from workers.evaluation.examples import examples_npz
 from workers.runners.base import WholeJobRunner
 from workers.runtime.heartbeat import Heartbeat
+from workers.sandbox.protocol import EXAMPLES_FILE, PER_SAMPLE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -27,32 +28,34 @@ EXAMPLES_PER_CLASS = 2
 
 
 class EvaluationRunner(WholeJobRunner):
-    """An evaluation run whole by one worker: load the model and data, attack, write the artifacts."""
+    """An evaluation run whole by one worker: the child attacks, the worker writes the artifacts."""
 
     task = RUN_EVALUATION
-    stop_signal = EvaluationCancelled
 
     def work(self, claim: JobRecord, heartbeat: Heartbeat) -> dict[str, Any]:
         ctx, job_id = self.ctx, self.key
         spec = EvaluationSpec.model_validate(claim.spec)
-        model = load_job_model(ctx, model_record(ctx.store, spec.model_id))
-        dataset = job_dataset(ctx, spec.dataset_id)
-        options = spec.options()
-        samples = dataset.take(spec.max_samples).num_samples
+        record = model_record(ctx.store, spec.model_id)
         log.info(
-            "job %s: evaluating model %s (sha256 %s) on %s (%d samples)",
-            job_id, spec.model_id, model.sha256, spec.dataset_id, samples,
-        )  # fmt: skip
-        outcome = evaluate(
-            model,
-            dataset,
-            options,
-            progress=heartbeat.update,
-            should_stop=heartbeat.should_stop,
-            keep_examples=EXAMPLES_PER_CLASS,
+            "job %s: evaluating model %s (sha256 %s) on %s",
+            job_id,
+            spec.model_id,
+            record.sha256,
+            spec.dataset_id,
         )
-        result = outcome.result.model_dump(mode="json")
-        write_evaluation_artifacts(ctx, job_id, result, outcome.per_sample, outcome.examples)
+        with ctx.children.session(model_ref(ctx, record), heartbeat, what=f"job {job_id}") as session:
+            value = session.call(
+                "evaluate",
+                {
+                    "dataset": dataset_arg(ctx, session, spec.dataset_id),
+                    "spec": claim.spec,
+                    "keep_examples": EXAMPLES_PER_CLASS,
+                },
+            )
+            result = EvaluationResult.model_validate(value).model_dump(mode="json")
+            per_sample = session.arrays(PER_SAMPLE_FILE)
+            examples = session.arrays(EXAMPLES_FILE) if (session.out / EXAMPLES_FILE).is_file() else None
+        write_evaluation_artifacts(ctx, job_id, result, per_sample, examples)
         return result
 
 

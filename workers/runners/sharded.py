@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from service.domain.datasets import ArrayDataset, is_builtin
+from service.domain.datasets import is_builtin
 from service.domain.jobs import JobStatus
 from service.domain.results import Progress
 from service.domain.specs import EvaluationOptions, EvaluationSpec
@@ -34,22 +34,15 @@ from service.errors import NotFound
 from service.settings import Settings
 from service.store.records import JobRecord
 from service.store.shards import ShardRecord, ShardSpan, ShardStore, parse_shard_key, shard_key
-from workers.context import (
-    WorkerContext,
-    builtin_dataset,
-    job_dataset,
-    load_job_model,
-    model_record,
-)
+from workers.context import WorkerContext, builtin_dataset, dataset_arg, model_record, model_ref
 from workers.evaluation import engine as evaluation
-from workers.evaluation.engine import EvaluationCancelled
 from workers.evaluation.robustness import AttackRun
-from workers.evaluation.run_arrays import merged_run, run_arrays
-from workers.models.loading import LoadedModel
+from workers.evaluation.run_arrays import merged_run
 from workers.runners.base import HandedOn, JobRunner, WholeJobRunner
 from workers.runners.evaluation import run_evaluation as run_unsharded
 from workers.runners.evaluation import write_evaluation_artifacts
 from workers.runtime.heartbeat import Heartbeat, lease_heartbeat
+from workers.sandbox.protocol import CLEAN_FILE, SHARD_FILE, ChildStopped
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +89,8 @@ def _wants_shards(ctx: WorkerContext, job_id: str) -> bool:
     return samples >= ctx.settings.shard_min_samples
 
 
-def _inputs(ctx: WorkerContext, spec: EvaluationSpec) -> tuple[LoadedModel, ArrayDataset, EvaluationOptions]:
-    model = load_job_model(ctx, model_record(ctx.store, spec.model_id))
-    return model, job_dataset(ctx, spec.dataset_id), spec.options()
+def _units_per_sample(options: EvaluationOptions) -> float:
+    return float(sum(spec.gradient_steps() * len(spec.eps_values()) for spec in options.attacks))
 
 
 def _save_npz(path: Path, arrays: dict[str, Any]) -> None:
@@ -123,7 +115,6 @@ class _Coordinator(WholeJobRunner):
     """The clean pass of a large evaluation, then the plan: one task per shard, the job handed to them."""
 
     task = RUN_EVALUATION
-    stop_signal = EvaluationCancelled
 
     def __init__(self, ctx: WorkerContext, job_id: str, shards: ShardStore) -> None:
         super().__init__(ctx, job_id)
@@ -132,24 +123,24 @@ class _Coordinator(WholeJobRunner):
     def work(self, claim: JobRecord, heartbeat: Heartbeat) -> dict[str, Any] | None:
         ctx, settings, job_id = self.ctx, self.ctx.settings, self.key
         spec = EvaluationSpec.model_validate(claim.spec)
-        model, dataset, options = _inputs(ctx, spec)
-        x, y, warnings = evaluation._prepare(model, dataset, options)
-        units = evaluation.units_per_sample(options)
-        tracker = evaluation._Tracker(heartbeat.update, heartbeat.should_stop)
-        tracker.total = y.shape[0] * (1 + units)
-        clean_pred, zero_grad, bad_grad = evaluation._clean_pass(model, x, y, options.batch_size, tracker)
+        options = spec.options()
+        units = _units_per_sample(options)
+        record = model_record(ctx.store, spec.model_id)
+        with ctx.children.session(model_ref(ctx, record), heartbeat, what=f"job {job_id}") as session:
+            meta = session.call(
+                "clean",
+                {
+                    "dataset": dataset_arg(ctx, session, spec.dataset_id),
+                    "spec": claim.spec,
+                    "units_per_sample": units,
+                },
+            )
+            clean = session.arrays(CLEAN_FILE)
+        y, clean_pred = clean["labels"], clean["clean_pred"]
         directory = shard_dir(settings, job_id)
-        _save_npz(
-            directory / "clean.npz",
-            {"labels": y, "clean_pred": clean_pred, "zero_grad": zero_grad, "bad_grad": bad_grad},
-        )
-        meta = {
-            "num_classes": model.num_classes,
-            "model_sha256": model.sha256,
-            "dataset_sha256": dataset.sha256,
-            "warnings": warnings,
-        }
-        (directory / "clean.json").write_text(json.dumps(meta))
+        _save_npz(directory / "clean.npz", clean)
+        facts = {key: meta[key] for key in ("num_classes", "model_sha256", "dataset_sha256", "warnings")}
+        (directory / "clean.json").write_text(json.dumps(facts))
         correct = int((clean_pred == y).sum())
         spans = plan_spans(correct, options.batch_size, settings.shard_size, units)
         clean_units = float(y.shape[0])
@@ -162,7 +153,7 @@ class _Coordinator(WholeJobRunner):
             log.info("job %s: %d samples in %d shards sent", job_id, y.shape[0], len(spans))
             raise HandedOn(JobStatus.RUNNING)
         if ctx.store.get_job(job_id).cancel_requested:
-            raise EvaluationCancelled  # the heartbeat did not ask to stop, so this ends it cancelled
+            raise ChildStopped(job_id)  # the heartbeat did not ask to stop, so this ends it cancelled
         log.warning("job %s: lease lost before the shards were planned", job_id)
         raise HandedOn(None)
 
@@ -223,7 +214,6 @@ class _Shard(JobRunner[ShardRecord]):
     """One shard: attack its batches and save its arrays; the last shard to succeed merges."""
 
     task = RUN_EVALUATION_SHARD
-    stop_signal = EvaluationCancelled
     noun = "a shard"
 
     def __init__(self, ctx: WorkerContext, key: str) -> None:
@@ -261,18 +251,22 @@ class _Shard(JobRunner[ShardRecord]):
     def work(self, claim: ShardRecord, heartbeat: Heartbeat) -> dict[str, Any] | None:
         ctx, settings, job_id = self.ctx, self.ctx.settings, self.job_id
         job = ctx.store.get_job(job_id)
-        model, dataset, options = _inputs(ctx, EvaluationSpec.model_validate(job.spec))
-        x, y, _ = evaluation._prepare(model, dataset, options)
-        clean = _load_npz(shard_dir(settings, job_id) / "clean.npz")
-        tracker = evaluation._Tracker(heartbeat.update, heartbeat.should_stop)
-        tracker.total = claim.units
-        runs = evaluation.attack_runs(
-            model, x, y, clean["clean_pred"], options, tracker,
-            batches=range(claim.batch_start, claim.batch_stop),
-        )  # fmt: skip
-        arrays: dict[str, Any] = {}
-        for i, run in enumerate(runs):
-            arrays.update(run_arrays(run, i))
+        spec = EvaluationSpec.model_validate(job.spec)
+        record = model_record(ctx.store, spec.model_id)
+        what = f"job {job_id} shard {self.index}"
+        with ctx.children.session(model_ref(ctx, record), heartbeat, what=what) as session:
+            session.call(
+                "shard",
+                {
+                    "dataset": dataset_arg(ctx, session, spec.dataset_id),
+                    "spec": job.spec,
+                    "clean": session.stage(shard_dir(settings, job_id) / "clean.npz"),
+                    "batch_start": claim.batch_start,
+                    "batch_stop": claim.batch_stop,
+                    "units": claim.units,
+                },
+            )
+            arrays = session.arrays(SHARD_FILE)
         _save_npz(shard_dir(settings, job_id) / f"shard-{self.index}.npz", arrays)
         return None
 

@@ -1,18 +1,28 @@
-"""Model validation: load an uploaded model once, in the worker, and mark it ready or rejected."""
+"""Model validation: load an uploaded model once, in a child process, and mark it ready or rejected.
+
+One attempt decides: a model whose validation runs past `validation_time_limit_s`, goes silent, or kills
+its process is rejected with a sentence, never handed to another worker. Only a worker lost for a reason of
+its own (SIGKILL of the whole worker) leaves the model `validating` for the reconciler to send again, and
+those attempts are counted per model.
+"""
 
 from __future__ import annotations
 
 import logging
 
+from service.domain.messages import without_server_paths
+from service.domain.tasks import VALIDATE_MODEL
 from service.errors import NotFound
 from service.store.schema import DEFAULT_MAX_ATTEMPTS
-from workers.context import WorkerContext, cache_key, load_job_model
-from workers.models.errors import ModelLoadError
-from workers.models.loading import LoadedModel
+from workers.context import WorkerContext, model_ref
+from workers.runtime.heartbeat import Heartbeat
+from workers.sandbox.protocol import ChildDied, ChildError, ChildStopped, ChildTimedOut
 
 log = logging.getLogger(__name__)
 
 MAX_VALIDATION_ATTEMPTS = DEFAULT_MAX_ATTEMPTS
+# The validation's heartbeat keeps the model off the reconciler's list of lost validations.
+_TOUCH_EVERY_S = 15.0
 
 
 def validate_model(ctx: WorkerContext, model_id: str) -> str | None:
@@ -27,53 +37,67 @@ def validate_model(ctx: WorkerContext, model_id: str) -> str | None:
     attempts = ctx.store.start_model_validation(model_id)
     if attempts is None:  # another worker settled it meanwhile
         return ctx.store.get_model(model_id).status
+    who = f"model {model_id} (sha256 {record.sha256})"
     if attempts > MAX_VALIDATION_ATTEMPTS:
         # Every earlier worker died loading it (a redelivered message is the only way to get here twice).
-        reason = (
-            f"validating this model stopped the worker {attempts - 1} times (killed or crashed while "
-            "loading it), so it is rejected instead of being tried again"
-        )
-        log.warning("model %s (sha256 %s): rejected: %s", model_id, record.sha256, reason)
-        ctx.store.set_model_rejected(model_id, reason=reason)
-        return "rejected"
+        return _reject(
+            ctx, model_id, who,
+            f"validating this model stopped the worker {attempts - 1} times (killed or crashed while loading "
+            "it), so it is rejected instead of being tried again",
+        )  # fmt: skip
+    limit = ctx.settings.validation_time_limit_s
+    heartbeat = Heartbeat(
+        lambda _progress: ctx.store.touch_model_validation(model_id),
+        time_limit_s=limit,
+        renew_every_s=_TOUCH_EVERY_S,
+    )
     try:
-        model = load_job_model(ctx, record)
-    except ModelLoadError as exc:
-        log.info("model %s (sha256 %s): rejected: %s", model_id, record.sha256, exc)
-        ctx.store.set_model_rejected(model_id, reason=str(exc))
-        return "rejected"
-    except Exception:
-        log.exception("model %s (sha256 %s): unexpected error while loading", model_id, record.sha256)
-        ctx.store.set_model_rejected(
-            model_id, reason="the model could not be loaded because of an unexpected error in the worker"
+        with (
+            heartbeat,
+            ctx.children.session(
+                model_ref(ctx, record), heartbeat, what=f"validation of model {model_id}", silence_s=limit
+            ) as session,
+        ):
+            found = session.call("validate", {})
+    except ChildStopped:
+        if heartbeat.stop_reason == "time_limit":
+            return _reject(
+                ctx, model_id, who,
+                f"validating this model took longer than {limit:g} s (a serving function that never "
+                "returns?), so it is rejected",
+            )  # fmt: skip
+        if heartbeat.stop_reason == "shutdown":
+            ctx.send(VALIDATE_MODEL, model_id)
+            log.info("%s: validation handed back to the queue (worker shutting down)", who)
+            return None
+        log.info("%s: deleted or settled elsewhere during its validation", who)
+        return None
+    except (ChildTimedOut, ChildDied) as exc:
+        return _reject(ctx, model_id, who, f"{exc}, so the model is rejected")
+    except ChildError as exc:
+        if exc.kind.value == "ModelLoadError":
+            return _reject(ctx, model_id, who, without_server_paths(str(exc)))
+        log.error("%s: unexpected error while loading: %s", who, exc)
+        return _reject(
+            ctx, model_id, who, "the model could not be loaded because of an unexpected error in the worker"
         )
-        return "rejected"
+    if found.get("trainable") is False:
+        log.info("%s: cannot be trained: %s", who, found.get("trainable_why"))
     ctx.store.set_model_ready(
         model_id,
-        input_shape=list(model.input_shape),
-        num_classes=model.num_classes,
-        output=model.output,
-        trainable=_trainable(model, model_id),
+        input_shape=[int(d) for d in found["input_shape"]],
+        num_classes=int(found["num_classes"]),
+        output=str(found["output"]),
+        trainable=found.get("trainable"),
     )
-    # Jobs look the model up by the output kind found here, so the first job on it starts warm.
-    ctx.models.put(cache_key(record.sha256, model.output), model)
     log.info(
-        "model %s (sha256 %s): ready, %s, input %s, %d classes, %s",
-        model_id, record.sha256, model.format, model.input_shape, model.num_classes, model.output,
+        "%s: ready, %s, input %s, %d classes, %s",
+        who, found["format"], tuple(found["input_shape"]), found["num_classes"], found["output"],
     )  # fmt: skip
     return "ready"
 
 
-def _trainable(model: LoadedModel, model_id: str) -> bool | None:
-    """Whether adversarial training could update the model (POST /v1/trainings refuses it at once if not)."""
-    from workers.training import TrainingError, trainable_variables  # the training engine, only here
-
-    try:
-        trainable_variables(model)
-    except TrainingError as exc:
-        log.info("model %s: cannot be trained: %s", model_id, exc)
-        return False
-    except Exception:  # unknown: leave it to the training job, which says why in a sentence
-        log.warning("model %s: could not tell whether it is trainable", model_id, exc_info=True)
-        return None
-    return True
+def _reject(ctx: WorkerContext, model_id: str, who: str, reason: str) -> str:
+    log.warning("%s: rejected: %s", who, reason)
+    ctx.store.set_model_rejected(model_id, reason=reason)
+    return "rejected"

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +115,66 @@ def test_json_is_the_api_result_object(model_files: dict[str, Path], tmp_path: P
         "mean_perturbation",
         "per_class_robust_accuracy",
     } <= set(body["attacks"][0])
+
+
+# ---- input checks before TensorFlow, and TensorFlow's start-up lines ------------------------------------
+
+_RUN = """
+import sys
+from service.cli.main import main
+code = main(sys.argv[1:])
+print("exit", code, "tensorflow" in sys.modules)
+"""
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    return subprocess.run(
+        [sys.executable, "-c", _RUN, *argv], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def _bad_datasets(root: Path) -> dict[str, tuple[Path, str]]:
+    x = np.zeros((4, 28, 28, 1), np.float32)
+    cases = {
+        "keys": ({"x": x, "labels": np.arange(4)}, "'x' and 'y'"),
+        "shapes": ({"x": x, "y": np.arange(3)}, "3 labels but x has 4 samples"),
+        "negative": ({"x": x, "y": np.array([0, 1, -1, 2])}, "non-negative"),
+        "flat": ({"x": np.zeros(4, np.float32), "y": np.arange(4)}, "at least one feature axis"),
+    }
+    found = {}
+    for name, (arrays, says) in cases.items():
+        path = root / f"{name}.npz"
+        np.savez(path, **arrays)  # type: ignore[arg-type]
+        found[name] = (path, says)
+    (root / "text.npz").write_text("not a zip")
+    found["text"] = (root / "text.npz", "not a readable .npz")
+    return found
+
+
+def test_bad_files_are_refused_before_tensorflow_loads(model_files: dict[str, Path], tmp_path: Path) -> None:
+    cases = _bad_datasets(tmp_path)
+    model = str(model_files["keras"])
+    broken = tmp_path / "broken.keras"
+    with zipfile.ZipFile(broken, "w") as zf:
+        zf.writestr("config.json", json.dumps({"class_name": "Sequential", "config": {"name": "s"}}))
+    runs = [(["--model", model, "--dataset", str(path)], says) for path, says in cases.values()]
+    runs.append((["--model", str(broken), "--dataset", "builtin:digits"], "has no 'layers'"))
+    runs.append((["--model", str(tmp_path / "text.npz"), "--dataset", "builtin:digits"], "not"))
+    runs.append((["--model", model, "--dataset", "builtin:digits", "--attack", "pgd:epsilon=0.1"], "'eps'"))
+    for argv, says in runs:
+        proc = _run("evaluate", *argv, *([] if "--attack" in argv else ["--attack", "fgsm:eps=0.1"]))
+        assert proc.stdout.strip() == "exit 2 False", (argv, proc.stdout, proc.stderr)
+        assert says in proc.stderr and proc.stderr.startswith("parry: ") and proc.stderr.count("\n") == 1
+
+
+def test_tensorflow_start_up_lines_stay_off_stderr_unless_verbose(model_files: dict[str, Path]) -> None:
+    argv = ["evaluate", "--model", str(model_files["keras"]), "--dataset", "builtin:mnist-5k:test",
+            "--attack", "fgsm:eps=0.1", "--max-samples", "20", "--quiet"]  # fmt: skip
+    quiet = _run(*argv)
+    assert quiet.stdout.strip().endswith("exit 0 True"), quiet.stderr
+    assert quiet.stderr == "", quiet.stderr
+    verbose = _run(*argv, "--verbose")
+    assert verbose.stdout.strip().endswith("exit 0 True")
+    assert "absl" in verbose.stderr or "oneDNN" in verbose.stderr

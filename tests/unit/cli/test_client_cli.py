@@ -270,7 +270,7 @@ def test_submit_status_wait_report_download(
     assert main(["status", job_id]) == 0
     assert capsys.readouterr().out.strip() == f"job {job_id} (evaluation): queued"
     assert main(["wait", job_id, "--quiet"]) == 0
-    assert capsys.readouterr().out.strip() == f"job {job_id} (evaluation): succeeded"
+    assert capsys.readouterr().out.splitlines()[0] == f"job {job_id} (evaluation): succeeded"
     assert main(["report", job_id, "--format", "junit", "-o", str(tmp_path / "r.xml")]) == 0
     assert ET.parse(tmp_path / "r.xml").getroot().get("tests") == "1"
     assert main(["report", job_id]) == 0

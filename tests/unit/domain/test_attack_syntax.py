@@ -1,9 +1,18 @@
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
-from service.domain.attack_syntax import AttackSyntaxError, parse_attack
-from service.domain.specs import ATTACK_NAMES, APGDCESpec, APGDDLRSpec, AutoAttackSpec, FGSMSpec, PGDSpec
+from service.domain.attack_syntax import AttackSyntaxError, describe_validation_error, parse_attack
+from service.domain.specs import (
+    ATTACK_NAMES,
+    APGDCESpec,
+    APGDDLRSpec,
+    AttackSpec,
+    AutoAttackSpec,
+    FGSMSpec,
+    PGDSpec,
+)
 
 
 def test_pgd_with_fields() -> None:
@@ -112,3 +121,33 @@ def test_every_autoattack_version_is_the_papers() -> None:
     }
     standard = AutoAttackSpec(eps=[0.1, 0.3])
     assert standard.gradient_steps() == sum(s.gradient_steps() for s in standard.stages())
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("pgd:epsilon=0.3", "'epsilon' is not a field of this attack; did you mean 'eps'?"),
+        ("pgd:eps=0.3,stpes=3", "did you mean 'steps'?"),
+        ("fgsm:eps=0.1,nrom=l2", "did you mean 'norm'?"),
+        ("apgd-ce:eps=0.1,restart=2", "did you mean 'restarts'?"),
+        ("pgd:eps=0.3,zzz=1", "'zzz' is not a field of this attack (known: eps, norm,"),
+    ],
+)
+def test_a_misspelt_field_gets_a_suggestion(text: str, hint: str) -> None:
+    with pytest.raises(AttackSyntaxError) as caught:
+        parse_attack(text)
+    assert hint in str(caught.value)
+    assert "required" not in str(caught.value)  # not pydantic's complaint about the field it meant
+
+
+def test_a_validation_error_on_an_unknown_field_suggests_too() -> None:
+    with pytest.raises(ValidationError) as caught:
+        TypeAdapter(AttackSpec).validate_python({"name": "pgd", "eps": 0.1, "setps": 3})
+    assert "did you mean 'steps'?" in describe_validation_error(caught.value)
+
+
+def test_a_misspelt_attack_gets_a_suggestion() -> None:
+    with pytest.raises(AttackSyntaxError) as caught:
+        parse_attack("pdg:eps=0.1")
+    assert "unknown attack 'pdg'" in str(caught.value) and "(did you mean 'pgd'?)" in str(caught.value)
+    assert "apgd-dlr" in str(caught.value)  # the known attacks come from the spec union

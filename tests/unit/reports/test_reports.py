@@ -7,8 +7,8 @@ from typing import Any
 
 from service.domain.specs import FGSMSpec, PGDSpec, Threshold
 from service.domain.verdicts import judge, outcomes_for_job
-from service.reports.junit import junit_report
-from service.reports.markdown import markdown_report
+from service.reports.junit import junit_error_report, junit_report
+from service.reports.markdown import markdown_error_report, markdown_report
 from tests.unit.api_helpers import Api, assert_problem
 from tests.unit.check_helpers import fake_result
 
@@ -49,10 +49,45 @@ def test_junit_has_one_testcase_per_attack_and_eps_and_failures_carry_numbers() 
     assert "robust accuracy rises with eps" in (suite.findtext("system-err") or "")
 
 
-def test_junit_without_thresholds_passes_every_testcase() -> None:
-    result = fake_result(ATTACKS, _levels)
+def test_junit_without_thresholds_skips_every_testcase_saying_so() -> None:
+    result = fake_result(ATTACKS, lambda name, eps: 0.0)  # 0% robust: nothing may read "passed"
     root = ET.fromstring(junit_report(result, outcomes_for_job({"attacks": ATTACKS}, result)))
-    assert root.get("tests") == "3" and root.get("failures") == "0"
+    assert root.get("tests") == "3" and root.get("failures") == "0" and root.get("skipped") == "3"
+    cases = root.findall("testsuite/testcase")
+    assert [c.find("skipped").get("message") for c in cases] == ["no thresholds set"] * 3  # type: ignore[union-attr]
+
+
+def test_junit_skips_only_the_outcomes_no_threshold_judged() -> None:
+    result = fake_result(ATTACKS, _levels)
+    spec = {"attacks": ATTACKS, "thresholds": [{"attack": 0, "min_robust_accuracy": 0.5}]}
+    root = ET.fromstring(junit_report(result, outcomes_for_job(spec, result)))
+    cases = root.findall("testsuite/testcase")
+    assert [c.find("skipped") is None for c in cases] == [True, False, False]
+    assert root.get("skipped") == "2" and root.get("failures") == "0"
+
+
+def test_markdown_without_thresholds_says_so_and_never_passed() -> None:
+    result = fake_result(ATTACKS, lambda name, eps: 0.0)
+    text = markdown_report(result, outcomes_for_job({"attacks": ATTACKS}, result))
+    assert text.splitlines()[0] == "### ➖ Parry robustness check: no thresholds set"
+    assert "passed" not in text and "✅" not in text
+    assert sum(line.startswith("| — |") for line in text.splitlines()) == 3
+
+
+def test_markdown_counts_the_outcomes_without_a_threshold_apart() -> None:
+    result = fake_result(ATTACKS, _levels)
+    spec = {"attacks": ATTACKS, "thresholds": [{"attack": 0, "min_robust_accuracy": 0.5}]}
+    text = markdown_report(result, outcomes_for_job(spec, result))
+    assert text.splitlines()[0] == "### ✅ Parry robustness check: 1 passed, 2 with no thresholds set"
+
+
+def test_error_reports_carry_the_sentence() -> None:
+    root = ET.fromstring(junit_error_report("the server rejected model m.keras: bad", job_id="job_9"))
+    assert root.get("tests") == "1" and root.get("failures") == "1"
+    failure = root.find("testsuite/testcase/failure")
+    assert failure is not None and failure.get("message") == "the server rejected model m.keras: bad"
+    assert root.find("testsuite/properties/property").get("value") == "job_9"  # type: ignore[union-attr]
+    assert "could not run" in markdown_error_report("x") and "x" in markdown_error_report("x")
 
 
 def test_markdown_table_has_a_row_per_outcome_and_lists_the_failures() -> None:

@@ -250,6 +250,20 @@ def test_stale_validating_models(store: JobStore, clock: ManualClock) -> None:
     assert store.stale_validating_models(older_than_seconds=10) == []
 
 
+def test_a_running_validation_keeps_its_model_off_the_stale_list(store: JobStore, clock: ManualClock) -> None:
+    # The reconciler must not send a model whose validation is still running to another worker.
+    m, _ = store.add_model(owner="local", name="m", sha256="d" * 64, format="h5", size_bytes=1, output="auto")
+    clock.advance(8)
+    assert store.touch_model_validation(m.id) is True
+    clock.advance(8)
+    assert store.stale_validating_models(older_than_seconds=10) == []
+    clock.advance(3)
+    assert [r.id for r in store.stale_validating_models(older_than_seconds=10)] == [m.id]
+    store.set_model_rejected(m.id, reason="no")
+    assert store.touch_model_validation(m.id) is False  # settled: the heartbeat stops the validation
+    assert store.touch_model_validation("mdl_missing") is False
+
+
 def test_cancel_a_job_whose_worker_died_ends_it_at_once(store: JobStore, clock: ManualClock) -> None:
     job_id = _job(store)
     assert store.claim(job_id, worker="dead", lease_seconds=30) is not None

@@ -12,7 +12,7 @@ import numpy as np
 
 from service.domain.tasks import DELIVER_CALLBACK, RUN_EVALUATION
 from tests.workerkit import DIGITS_FGSM, Sent, evaluation_job, ready_model, upload_model
-from workers.context import WorkerContext, cache_key
+from workers.context import WorkerContext
 from workers.runners import evaluation as jobs
 from workers.runners import validation
 from workers.runtime import heartbeat
@@ -42,7 +42,7 @@ def test_validate_marks_a_good_model_ready_and_a_bad_one_rejected(
         10,
         "logits",
     )
-    assert cache_key(record.sha256, "logits") in ctx.models  # the first job on it starts warm
+    assert ctx.children.started == 1  # validation's child stays warm for the first job on the model
     assert validation.validate_model(ctx, model_id) == "ready"  # a redelivery changes nothing
 
     bad = tmp_path / "bad.keras"
@@ -85,9 +85,9 @@ def test_run_evaluation_succeeds_writes_artifacts_and_is_idempotent(
     job_id = evaluation_job(
         ctx, ready_model(ctx, digits_keras), {**DIGITS_FGSM, "callback_url": "http://cb.test/"}
     )
-    loads = ctx.models.misses
+    started = ctx.children.started
     assert jobs.run_evaluation(ctx, job_id) == "succeeded"
-    assert ctx.models.misses == loads  # the model loaded by validation served the job
+    assert ctx.children.started == started  # validation's warm child served the job
     job = ctx.store.get_job(job_id)
     assert job.status == "succeeded" and job.attempts == 1
     assert job.result is not None and job.result["num_samples"] == 359

@@ -14,39 +14,10 @@ from service.domain.results import Progress
 from service.domain.tasks import RUN_EVALUATION, VALIDATE_MODEL
 from service.store.jobs import JobStore
 from tests.clock import ManualClock
-from workers.models.cache import ModelCache
 from workers.runtime import heartbeat as heartbeat_module
 from workers.runtime.callbacks import CallbackFailed, deliver
 from workers.runtime.heartbeat import Heartbeat
 from workers.runtime.reconciler import Reconciler
-
-
-def test_model_cache_keeps_the_most_recently_used() -> None:
-    cache: ModelCache[object] = ModelCache(2)
-    loads: list[str] = []
-
-    def loader(key: str) -> object:
-        loads.append(key)
-        return object()
-
-    a = cache.get_or_load("a", lambda: loader("a"))
-    cache.get_or_load("b", lambda: loader("b"))
-    assert cache.get_or_load("a", lambda: loader("a")) is a  # a is now the most recent
-    cache.get_or_load("c", lambda: loader("c"))  # evicts b
-    assert "a" in cache and "c" in cache and "b" not in cache
-    assert loads == ["a", "b", "c"]
-    assert (cache.hits, cache.misses) == (1, 3)
-
-
-def test_model_cache_does_not_keep_a_failed_load() -> None:
-    cache: ModelCache[object] = ModelCache(1)
-
-    def boom() -> object:
-        raise ValueError("bad model")
-
-    with pytest.raises(ValueError):
-        cache.get_or_load("x", boom)
-    assert len(cache) == 0
 
 
 def test_heartbeat_writes_progress_at_most_once_per_interval_and_renews_without_progress() -> None:

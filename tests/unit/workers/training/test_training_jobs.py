@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from service.domain.datasets import load_builtin
 from service.domain.specs import TrainingOptions
-from workers.context import WorkerContext, cache_key
+from workers.context import WorkerContext
 from workers.runners import evaluation as jobs
 from workers.runners import training as training_jobs
 from workers.runners import validation
@@ -48,11 +49,12 @@ def _job(ctx: WorkerContext, model_id: str, **extra: Any) -> str:
 
 
 def _predict(ctx: WorkerContext, model_id: str, x: np.ndarray) -> np.ndarray:
+    """The stored model's logits, loaded here in the test process (the workers only load in children)."""
+    from workers.models.loading import load_model
+
     record = ctx.store.get_model(model_id)
-    key = cache_key(record.sha256, record.output)
-    assert key in ctx.models
-    cached = ctx.models.get_or_load(key, lambda: pytest.fail("not cached"))
-    return np.asarray(cached.logits(x))
+    path = ctx.artifacts.blob_path(record.sha256)
+    return np.asarray(load_model(path, output=record.output, sha256=record.sha256).logits(x))
 
 
 def test_training_registers_a_ready_model_and_writes_artifacts(
@@ -84,7 +86,7 @@ def test_training_registers_a_ready_model_and_writes_artifacts(
     with zipfile.ZipFile(archive) as zf:
         assert "saved_model.pb" in zf.namelist()
     assert not training_jobs.work_dir(ctx, job_id).exists()  # checkpoints go once the job has ended
-    # The evaluations' cached copy of the upload was not trained.
+    # The upload itself was not trained (the training ran on a copy, in a child of its own).
     np.testing.assert_array_equal(_predict(ctx, model_id, x), cached_before)
     # The registered model is an ordinary model: an evaluation job runs on it.
     eval_job, _ = ctx.store.create_job(
@@ -117,7 +119,7 @@ def test_a_redelivered_job_resumes_from_its_checkpoint(ctx: WorkerContext, digit
             load_builtin("builtin:digits:train"),
             load_builtin("builtin:digits:test"),
             TrainingOptions.model_validate({**OPTIONS, "epochs": 2}),
-            checkpoint_dir=training_jobs.work_dir(ctx, job_id) / "checkpoint",
+            checkpoint_dir=training_jobs.work_dir(ctx, job_id) / "child" / "checkpoint",
             should_stop=lambda: next(calls) >= 30,  # 23 batches an epoch and 1 validation batch
         )
 
@@ -203,21 +205,28 @@ def test_the_reconciler_resends_a_lost_training_job_as_a_training_task(ctx: Work
 
 
 def test_a_worker_shutting_down_hands_the_job_back_with_its_checkpoint(
-    ctx: WorkerContext, digits_keras: Path
+    ctx: WorkerContext, digits_keras: Path, wait_until: Callable[..., None]
 ) -> None:
     from service.domain.tasks import RUN_TRAINING
     from workers.runtime import heartbeat
 
     model_id = _ready_model(ctx, digits_keras)
-    job_id = _job(ctx, model_id, evaluate=[])
-    heartbeat.SHUTTING_DOWN.set()
+    job_id = _job(ctx, model_id, evaluate=[], epochs=2, batch_size=8, overfit_guard=False)
+
+    def shut_down_once_training() -> None:
+        wait_until(lambda: (ctx.store.get_job(job_id).progress or {}).get("stage", "").startswith("epoch "))
+        heartbeat.SHUTTING_DOWN.set()
+
+    thread = threading.Thread(target=shut_down_once_training)
+    thread.start()
     try:
         assert training_jobs.run_training(ctx, job_id) is None
     finally:
+        thread.join()
         heartbeat.SHUTTING_DOWN.clear()
     job = ctx.store.get_job(job_id)
     assert job.status == "queued" and job.worker is None and list(ctx.send) == [(RUN_TRAINING, job_id)]  # type: ignore[call-overload]
-    assert (training_jobs.work_dir(ctx, job_id) / "checkpoint" / "checkpoint.npz").is_file()
+    assert (training_jobs.work_dir(ctx, job_id) / "child" / "checkpoint" / "checkpoint.npz").is_file()
     # The next delivery continues from that checkpoint.
     assert training_jobs.run_training(ctx, job_id) == "succeeded"
     result = ctx.store.get_job(job_id).result

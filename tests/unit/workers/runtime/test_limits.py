@@ -1,4 +1,4 @@
-"""Worker sandbox basics: resource limits, the job-scoped working directory, JSON-only messages."""
+"""Worker basics: its own resource limits, JSON-only messages, no credential in its environment."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import os
 import pickle
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,6 @@ from kombu.serialization import dumps, loads, prepare_accept_content
 
 from service.domain.tasks import celery_config
 from service.settings import Settings
-from workers.runtime.sandbox import job_directory
 
 DEAD_REDIS = "redis://127.0.0.1:1/0"
 ROOT = Path(__file__).resolve().parents[4]
@@ -29,7 +27,7 @@ def test_limits_are_applied_and_cannot_be_raised_again() -> None:
     code = """
 import json, resource
 from service.settings import Settings
-from workers.runtime.sandbox import apply_limits
+from workers.runtime.limits import apply_limits
 limits = apply_limits(Settings(worker_max_open_files=64, worker_memory_limit_bytes=3 * 2**30))
 try:
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
@@ -52,19 +50,6 @@ print(json.dumps({"limits": limits, "raised": raised, "too_many": too_many}))
     assert result["raised"] is False, "the model's code could raise the open-file limit back"
     assert result["too_many"] is True
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] != 64  # the test process is untouched
-
-
-def test_a_job_runs_in_its_own_directory_which_is_removed_after(tmp_path: Path) -> None:
-    before = os.getcwd()
-    with job_directory(tmp_path / "data", "job_abc") as work:
-        name = f"job_abc.{socket.gethostname()}.{os.getpid()}"
-        assert Path(os.getcwd()) == work == (tmp_path / "data" / "work" / name).resolve()
-        Path("written-by-the-model.txt").write_text("x")  # a relative path lands in the job's directory
-        assert (work / "written-by-the-model.txt").exists()
-    assert os.getcwd() == before and not work.exists()
-    with pytest.raises(RuntimeError), job_directory(tmp_path / "data", "job_err"):
-        raise RuntimeError("the job failed")
-    assert os.getcwd() == before and not any((tmp_path / "data" / "work").iterdir())
 
 
 def test_the_worker_accepts_json_messages_only() -> None:
