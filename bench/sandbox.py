@@ -109,7 +109,7 @@ def overhead(ctx: WorkerContext, model_file: Path, samples: int, steps: int, run
         lowest = 100 * (min(child_s) / min(inline_s) - 1)
         middle = 100 * (statistics.median(child_s) / statistics.median(inline_s) - 1)
         print(
-            f"- {what}, warm child against in-process: min {lowest:+.1f}%, median {middle:+.1f}% (target < 5%)"
+            f"- {what}, warm child against in-process: min {lowest:+.1f}%, median {middle:+.1f}% (target <5%)"
         )
     print("\n## start-up per job (a fresh child)")
     print(f"- child process until ready (interpreter, TensorFlow import, limits): {ready:.1f} s")
