@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from service.api.job_cache import JobCache
+from service.api.job_events import JobWatch
 from service.api.job_status import JobStatusFastPath
 from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.problems import EXCEPTION_HANDLERS, problem_openapi
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     app.state.metrics = metrics
     app.state.keyring = keyring
     app.state.job_cache = job_cache
+    app.state.job_watch = JobWatch(job_cache)
     for router in ROUTERS:
         app.include_router(router)
     job_route = next(r for r in jobs_routes.router.routes if getattr(r, "path", None) == "/v1/jobs/{job_id}")

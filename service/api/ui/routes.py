@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, status
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import ArtifactsDep, JobStoreDep
+from service.api.deps import ArtifactsDep, JobStoreDep, JobWatchDep
+from service.api.job_events import SSE_HEADERS, event_stream
 from service.api.ui.auth import COOKIE, KeyResolver, UiApiOwnerDep, UiOwnerDep, key_resolver, safe_next
 from service.api.ui.render import STATIC_DIR, UI_CSP, render_job_page, render_jobs_page, render_login
 from service.api.ui.report import job_names, page_inputs
@@ -55,6 +57,15 @@ def jobs_json(store: JobStoreDep, owner: UiApiOwnerDep) -> dict[str, Any]:
 def job_json(job_id: str, store: JobStoreDep, owner: UiApiOwnerDep) -> dict[str, Any]:
     """What a running job's page polls."""
     return _row(store.get_job(job_id, owner=owner), store, {})
+
+
+@router.get("/api/jobs/{job_id}/events")
+async def job_events(job_id: str, store: JobStoreDep, owner: UiApiOwnerDep, watch: JobWatchDep) -> Response:
+    """A running job's page listens to this (the same events as `/v1/jobs/{id}/events`, with the cookie)."""
+    job = await run_in_threadpool(store.get_job, job_id, owner=owner)
+    return StreamingResponse(
+        event_stream(watch, store, job), media_type="text/event-stream", headers=SSE_HEADERS
+    )
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
