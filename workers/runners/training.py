@@ -123,6 +123,7 @@ def _register(
         format="saved_model",
         size_bytes=blob.size_bytes,
         output=model.output,
+        warnings=outcome.result.warnings,  # a model worse than its upload says so wherever it is listed
     )
     try:
         result = _write_artifacts(ctx, job.id, record, outcome)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from service.domain.datasets import ArrayDataset
+from service.domain.datasets import ArrayDataset, range_warning
 from service.domain.results import EpochRecord, EvaluationResult, Progress, TrainingResult, ValidationCheck
 from service.domain.specs import TrainingOptions
 from workers.attacks import derive_seed
@@ -218,6 +218,11 @@ class AdversarialTrainer:
         )
         tracker.total -= train_units  # epoch 0 (the uploaded model) is checked, not trained
         x_check, y_check = x_val[subset], y_val[subset]
+        data_warnings = [
+            f"{what}: {warning}"
+            for what, values in (("training data", x), ("validation data", x_val))
+            if (warning := range_warning(float(values.min()), float(values.max()), opts.input_range))
+        ]
         self._chance = divergence.chance_level(y_check)
 
         if state.before is None and opts.evaluate:
@@ -279,8 +284,8 @@ class AdversarialTrainer:
             epochs_completed=len(history),
             stopped_early=state.stopped_early,
             rolled_back=state.rolled_back,
-            notes=state.notes + state.warnings,
-            warnings=state.warnings,
+            notes=state.notes + data_warnings + state.warnings,
+            warnings=data_warnings + state.warnings,
             uploaded=ValidationCheck(clean_accuracy=uploaded.clean, robust_accuracy=uploaded.robust),
             before=EvaluationResult(**state.before) if state.before is not None else None,
             after=after,

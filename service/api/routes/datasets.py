@@ -74,6 +74,8 @@ async def upload_dataset(
             num_samples=data.num_samples,
             sample_shape=list(data.sample_shape),
             num_classes=data.num_classes,
+            min_value=data.min_value,
+            max_value=data.max_value,
         )
     )
     response.headers["Location"] = f"/v1/datasets/{record.id}"

@@ -286,7 +286,8 @@ def test_resume_continues_from_the_checkpoint_and_ends_identical(
         np.array_equal(a, b) for a, b in zip(weights(again_model), weights(straight_model), strict=True)
     )
 
-    # Stop during epoch 2 (after epoch 1's 6 batches and 1 validation batch, then 3 batches of epoch 2).
+    # Stop during epoch 2 (after the uploaded model's validation batch, epoch 1's 6 batches and 1
+    # validation batch, then 3 batches of epoch 2).
     with pytest.raises(TrainingCancelled):
         train(
             fresh(model_files),
@@ -294,7 +295,7 @@ def test_resume_continues_from_the_checkpoint_and_ends_identical(
             val_small,
             spec,
             checkpoint_dir=tmp_path / "c",
-            should_stop=StopAfter(11),
+            should_stop=StopAfter(12),
         )
     saved = ckpt.load(tmp_path / "c")
     assert saved is not None and (saved.state.epoch, saved.state.batch) == (1, 3)
@@ -304,7 +305,7 @@ def test_resume_continues_from_the_checkpoint_and_ends_identical(
     counter = StopAfter(10**9)
     resumed = train(resumed_model, data, val_small, spec, checkpoint_dir=tmp_path / "c", should_stop=counter)
     assert resumed.result.resumed
-    # Epoch 1 and the first 3 batches of epoch 2 were not redone: 3 + 1 + 6 + 1 checks remain.
+    # Epoch 0's check, epoch 1 and the first 3 batches of epoch 2 were not redone: 3 + 1 + 6 + 1 remain.
     assert counter.calls == 11
     assert history_without_time(resumed) == history_without_time(straight)
     assert all(
@@ -341,7 +342,7 @@ def test_cancel_mid_epoch_stops_within_a_batch(
             val_small,
             TINY,
             checkpoint_dir=tmp_path,
-            should_stop=StopAfter(3),
+            should_stop=StopAfter(4),
             progress=progress.append,
         )
     saved = ckpt.load(tmp_path)
