@@ -1,4 +1,4 @@
-"""Live job events: `GET /v1/jobs/{id}/events` (Server-Sent Events) and the long poll `GET /v1/jobs/{id}?wait=`.
+"""Live job events: `GET /v1/jobs/{id}/events` (Server-Sent Events) and the long poll `?wait=` of a job.
 
 Both wait on `JobWatch`, which the job cache wakes (service/api/job_cache.py): its poller hands over the ids
 the change feed reports (every process's commits), and this process's own commits are handed over as they

@@ -185,7 +185,9 @@ def summarize_npz(path: Path) -> NpzSummary:
         raise DatasetError(f"{path.name} is not a readable .npz file") from exc
     labels = _labels(y, n=int(shape[0]))
     return NpzSummary(
-        int(shape[0]), tuple(int(d) for d in shape[1:]), int(labels.max()) + 1,
+        int(shape[0]),
+        tuple(int(d) for d in shape[1:]),
+        int(labels.max()) + 1,
         min_value=low if low <= high else 0.0,  # an x with no values at all: (N, 0)
         max_value=high if low <= high else 0.0,
     )

@@ -109,7 +109,8 @@ class TrainingResult(BaseModel):
     notes: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(
         default_factory=list,
-        description="Reasons to distrust the trained model: it is worse than the uploaded one on both accuracies.",
+        description="Reasons to distrust the trained model: its data used little of input_range, or it is "
+        "worse than the uploaded model on both accuracies.",
     )
     uploaded: ValidationCheck | None = Field(
         default=None, description="The uploaded model (epoch 0) on the same validation check as each epoch."

@@ -39,7 +39,6 @@ from workers.training.progress import ProgressTracker
 from workers.training.starts import PreviousPerturbations
 from workers.training.variables import trainable_variables
 
-
 # Samples of the validation subset that the within-epoch divergence probe predicts (clean only: cheap).
 _PROBE_SAMPLES = 200
 # Probes per epoch: a collapse is caught a quarter of an epoch after it happens, not at the epoch's end.
@@ -359,6 +358,7 @@ class AdversarialTrainer:
                     chosen.size * self.config.passes_per_sample,
                     f"epoch {epoch + 1}/{opts.epochs} batch {batch + 1}/{batches} "
                     f"loss {state.loss_sum / state.seen:.4f}",
+                    force=batch == 0,  # an epoch's start shows at once, whatever was reported just before
                 )
                 if state.batch % self.checkpoint_every == 0 and state.batch < batches:
                     self._save(state)
@@ -405,7 +405,7 @@ class AdversarialTrainer:
         return Check(state.uploaded["clean"], state.uploaded["robust"])
 
     def _best(self, state: RunState, epochs: int | None = None) -> Check:
-        """The best of the uploaded model and the first `epochs` epochs (all by default), by robust accuracy."""
+        """The best, by robust accuracy, of the uploaded model and the first `epochs` epochs (default all)."""
         checks = [self._uploaded(state)] + [
             Check(h["clean_accuracy"], h["robust_accuracy"]) for h in state.history[:epochs]
         ]
@@ -426,7 +426,11 @@ class AdversarialTrainer:
         opts, uploaded = self.options, self._uploaded(state)
         robust = [h["robust_accuracy"] for h in state.history[:epochs]]
         best = schedules.best_epoch(robust)
-        if best is None or not divergence.beats(self._best(state, epochs), uploaded) or state.best_file is None:
+        if (
+            best is None
+            or not divergence.beats(self._best(state, epochs), uploaded)
+            or state.best_file is None
+        ):
             raise TrainingError(
                 f"The training diverged: {reason}, and no epoch beat the uploaded model (clean "
                 f"{uploaded.clean:.1%}, robust {uploaded.robust:.1%} on the validation check), so no model "

@@ -68,7 +68,9 @@ EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/{job_id}/events", response_class=StreamingResponse, responses=EVENTS_RESPONSES)
-async def job_events(job_id: str, store: JobStoreDep, owner: OwnerDep, watch: JobWatchDep) -> StreamingResponse:
+async def job_events(
+    job_id: str, store: JobStoreDep, owner: OwnerDep, watch: JobWatchDep
+) -> StreamingResponse:
     """Live events of a job (Server-Sent Events): its status, its progress, and at the end its result link."""
     job = await run_in_threadpool(store.get_job, job_id, owner=owner)
     return StreamingResponse(

@@ -83,7 +83,10 @@ def test_the_stream_follows_a_job_to_its_end(api: Api, wait_until: Callable[...,
     finally:
         thread.join()
         worker.dispose()
-    assert events[0] == ("status", {"id": job_id, "status": "queued", "progress": None, "cancel_requested": False})
+    assert events[0] == (
+        "status",
+        {"id": job_id, "status": "queued", "progress": None, "cancel_requested": False},
+    )
     # Changes close together may reach the stream as one; the order and the end never change.
     statuses = [data["status"] for name, data in events if name == "status"]
     assert statuses[0] == "queued" and statuses[-1] == "failed"
@@ -114,7 +117,9 @@ def test_the_long_poll_answers_when_the_status_changes(api: Api, wait_until: Cal
     assert job["status"] == "running" and job["id"] == job_id
 
 
-def test_the_long_poll_ignores_progress_and_ends_with_its_wait(api: Api, wait_until: Callable[..., None]) -> None:
+def test_the_long_poll_ignores_progress_and_ends_with_its_wait(
+    api: Api, wait_until: Callable[..., None]
+) -> None:
     job_id = _job(api)
     assert api.store.claim(job_id, worker="w", lease_seconds=60) is not None
 

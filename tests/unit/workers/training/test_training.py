@@ -608,14 +608,18 @@ def test_divergence_rules() -> None:
     assert d.loss_problem(2.0, 0.3) is None  # a loss rising while eps ramps up
     assert "exploded to 100" in str(d.loss_problem(100.0, 0.3))
     uploaded = d.Check(0.95, 0.2)
-    assert "chance level" in str(d.check_problem(d.Check(0.08, 0.0), uploaded=uploaded, best=uploaded, chance=0.1))
+    assert "chance level" in str(
+        d.check_problem(d.Check(0.08, 0.0), uploaded=uploaded, best=uploaded, chance=0.1)
+    )
     # A model that starts at chance (trained from scratch) may stay there for a while.
     fresh_model = d.Check(0.1, 0.0)
     assert d.check_problem(d.Check(0.1, 0.0), uploaded=fresh_model, best=fresh_model, chance=0.1) is None
     best = d.Check(0.9, 0.6)
     both = d.check_problem(d.Check(0.4, 0.2), uploaded=uploaded, best=best, chance=0.1)
     assert both is not None and "both collapsed" in both
-    assert d.check_problem(d.Check(0.85, 0.2), uploaded=uploaded, best=best, chance=0.1) is None  # robust only
+    assert (
+        d.check_problem(d.Check(0.85, 0.2), uploaded=uploaded, best=best, chance=0.1) is None
+    )  # robust only
     assert d.beats(d.Check(0.9, 0.3), uploaded) and not d.beats(d.Check(0.99, 0.2), uploaded)
     assert d.worse_on_both(d.Check(0.9, 0.1), uploaded) and not d.worse_on_both(d.Check(0.96, 0.1), uploaded)
     assert "onecycle" in d.hint(0.01, "constant") and "onecycle" not in d.hint(0.01, "cosine")
