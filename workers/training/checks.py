@@ -76,7 +76,7 @@ class EpochCheck:
             int((predict(x[i : i + _VALIDATION_BATCH]).numpy() == y[i : i + _VALIDATION_BATCH]).sum())
             for i in range(0, x.shape[0], _VALIDATION_BATCH)
         )
-        return correct / max(x.shape[0], 1)
+        return float(correct / max(int(x.shape[0]), 1))
 
     def _predict(self) -> Callable[[np.ndarray], tf.Tensor]:
         key = ("training-predict",)

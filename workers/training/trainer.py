@@ -232,7 +232,7 @@ class AdversarialTrainer:
             state.epoch_seconds = 0.0
         if state.uploaded is None:
             # Epoch 0: the uploaded model on the check every epoch gets, the bar a divergence is judged by.
-            clean, robust = self._epoch_check.run(
+            uploaded_clean, uploaded_robust = self._epoch_check.run(
                 x_check,
                 y_check,
                 opts.epochs,  # a seed path no training epoch uses
@@ -240,7 +240,7 @@ class AdversarialTrainer:
                 before_batch=lambda: self._check(stop, state),
                 stage="validate the uploaded model",
             )
-            state.uploaded = {"clean": clean, "robust": robust}
+            state.uploaded = {"clean": uploaded_clean, "robust": uploaded_robust}
             self._save(state)
         if not state.finished:
             self._train(state, x, y, x_check, y_check, tracker, stop)
