@@ -156,11 +156,11 @@ async def event_stream(watch: JobWatch, store: JobStore, job: JobRecord) -> Asyn
     """The SSE body of a job: `status` on every status change (first the current one), `progress` on every
     progress report, then `end` with the final status, the error and the result's links; then it closes."""
     yield f"retry: {RETRY_MS}\n\n".encode()
-    sent: tuple[str, Any] | None = None
+    sent: tuple[str, Any, bool] | None = None
     count = 0
     quiet_since = time.monotonic()
     async for seen in watch.follow(job.id, lambda: store.find_job(job.id, owner=job.owner), timeout=None):
-        state = (seen.status, seen.progress)
+        state = (seen.status, seen.progress, seen.cancel_requested)
         if state != sent:
             count += 1
             name = "status" if sent is None or sent[0] != seen.status else "progress"
