@@ -17,12 +17,17 @@ import numpy as np
 # loss grows a few times while eps ramps up, never by two orders of magnitude.
 EXPLODE_FACTOR = 100.0
 EXPLODE_FLOOR = 50.0
-# Clean accuracy at most this many times the largest class's share is at chance: a model that predicts
-# one class scores exactly that share. The rule applies only to a model that started well above it.
-CHANCE_FACTOR = 1.5
+# Clean accuracy within this fraction of the way from chance (the largest class's share: what answering
+# one class scores) to perfect is at chance; a model that predicts one or two classes lands there. The rule
+# applies only to a model that started at least `STARTED_ABOVE` of the way up.
+CHANCE_MARGIN = 0.1
+STARTED_ABOVE = 0.3
 # Both accuracies below half of their best and by at least 10 points: the model is broken, not noisy.
 COLLAPSE_RATIO = 0.5
 COLLAPSE_MIN_DROP = 0.1
+# Adversarial training trades some clean accuracy for robustness; half the clean accuracy gone for less
+# than this much robust accuracy gained is no trade.
+ROBUST_GAIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -40,8 +45,13 @@ def chance_level(labels: np.ndarray) -> float:
     return float(np.bincount(labels.astype(np.int64)).max() / labels.size)
 
 
-def at_chance(clean: float, chance: float) -> bool:
-    return clean <= CHANCE_FACTOR * chance
+def at_chance(clean: float, chance: float, margin: float = CHANCE_MARGIN) -> bool:
+    return clean <= chance + margin * (1.0 - chance)
+
+
+def fell_to_chance(clean: float, uploaded_clean: float, chance: float) -> bool:
+    """Clean accuracy at chance for a model that was well above it when uploaded."""
+    return at_chance(clean, chance) and not at_chance(uploaded_clean, chance, STARTED_ABOVE)
 
 
 def loss_problem(loss: float, first: float | None) -> str | None:
@@ -58,10 +68,15 @@ def check_problem(check: Check, *, uploaded: Check, best: Check | None, chance: 
 
     `best` is the best epoch so far (the uploaded model included) by robust accuracy.
     """
-    if at_chance(check.clean, chance) and not at_chance(uploaded.clean, chance * 2):
+    if fell_to_chance(check.clean, uploaded.clean, chance):
         return (
             f"clean accuracy fell to {check.clean:.1%}, chance level "
             f"(the uploaded model had {uploaded.clean:.1%})"
+        )
+    if _collapsed(check.clean, uploaded.clean) and check.robust <= uploaded.robust + ROBUST_GAIN:
+        return (
+            f"clean accuracy collapsed from {uploaded.clean:.1%} to {check.clean:.1%} "
+            f"with no robustness gained (robust {uploaded.robust:.1%} to {check.robust:.1%})"
         )
     if best is not None and _collapsed(check.clean, best.clean) and _collapsed(check.robust, best.robust):
         return (

@@ -416,7 +416,7 @@ class AdversarialTrainer:
     def _probe(self, state: RunState, x_check: np.ndarray, y_check: np.ndarray) -> str | None:
         clean = self._epoch_check.clean(x_check[:_PROBE_SAMPLES], y_check[:_PROBE_SAMPLES])
         uploaded = self._uploaded(state).clean
-        if divergence.at_chance(clean, self._chance) and not divergence.at_chance(uploaded, 2 * self._chance):
+        if divergence.fell_to_chance(clean, uploaded, self._chance):
             return f"clean accuracy fell to {clean:.1%}, chance level (the uploaded model had {uploaded:.1%})"
         return None
 
