@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from types import FrameType
 from typing import Any
 
 from anyio import to_thread
@@ -51,6 +53,7 @@ class JobWatch:
         self.cache = cache
         self._lock = threading.Lock()
         self._waiters: dict[str, set[_Waiter]] = {}
+        self.closed = False
         if cache is not None:
             cache.listen(self.notify)
 
@@ -70,6 +73,11 @@ class JobWatch:
                 waiter.loop.call_soon_threadsafe(waiter.event.set)
             except RuntimeError:  # that loop has closed: its waiter is gone with it
                 pass
+
+    def close(self) -> None:
+        """End every stream and long poll (with the job as it is): the server is stopping."""
+        self.closed = True
+        self.notify(None)
 
     def subscribe(self, job_id: str) -> _Waiter:
         waiter = _Waiter(asyncio.get_running_loop())
@@ -106,6 +114,8 @@ class JobWatch:
                 if job is None:
                     return
                 yield job
+                if self.closed:
+                    return
                 pause = KEEPALIVE_INTERVAL if self.fresh() else FALLBACK_INTERVAL
                 if deadline is not None:
                     left = deadline - time.monotonic()
@@ -116,8 +126,32 @@ class JobWatch:
                     await asyncio.wait_for(waiter.event.wait(), pause)
                 except TimeoutError:
                     pass
+                if self.closed:
+                    return
         finally:
             self.unsubscribe(job_id, waiter)
+
+
+def close_on_exit_signals(watch: JobWatch) -> None:
+    """Close the streams when the server is told to stop (SIGINT, SIGTERM).
+
+    uvicorn waits for every open response to end before it stops, and a job's stream only ends with the
+    job: without this, a UI tab left open would keep a stopping server up. Signal handlers live in the
+    main thread only; a server run in another thread (tests) is stopped by its owner instead.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
+
+        def handler(signum: int, frame: FrameType | None, previous: Callable[..., Any] = previous) -> None:
+            loop.call_soon_threadsafe(watch.close)
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
 
 
 async def _read(cache: JobCache | None, read: Callable[[], JobRecord | None]) -> JobRecord | None:
@@ -174,6 +208,8 @@ async def event_stream(watch: JobWatch, store: JobStore, job: JobRecord) -> Asyn
             end = {"id": seen.id, "status": seen.status, "error": seen.error, "links": links}
             yield event("end", end, event_id=count + 1)
             return
+    if watch.closed:
+        return  # the server is stopping: the client reconnects (or polls) once it is back
     # The job is gone (deleted with its owner's data): say so rather than leave the client waiting.
     yield event("end", {"id": job.id, "status": None, "error": None, "links": None}, event_id=count + 1)
 

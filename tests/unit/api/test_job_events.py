@@ -161,3 +161,14 @@ def test_events_need_the_key_when_keys_exist(tmp_path: Any) -> None:
         job, _ = keyed.store.create_job(owner="local", kind="evaluation", spec={})
         assert_problem(keyed.client.get(f"/v1/jobs/{job.id}/events"), 401)
         assert_problem(keyed.client.get(f"/v1/jobs/{job.id}?wait=1"), 401)
+
+
+def test_a_stopping_server_closes_the_streams(api: Api, wait_until: Callable[..., None]) -> None:
+    job_id = _job(api)
+    thread = _meanwhile(api, wait_until, _watch(api).close)
+    try:
+        events = _events(api.client.get(f"/v1/jobs/{job_id}/events").text)
+    finally:
+        thread.join()
+    assert [name for name, _ in events] == ["status"]  # no `end`: the job has not ended
+    assert api.client.get(f"/v1/jobs/{job_id}?wait=30").json()["status"] == "queued"  # answers at once
