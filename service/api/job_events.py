@@ -53,6 +53,10 @@ class JobWatch:
         self.cache = cache
         self._lock = threading.Lock()
         self._waiters: dict[str, set[_Waiter]] = {}
+        # Per watched job: how many wake-ups it has had, and the read made since the latest one. The
+        # listeners of a job share that read, so a change costs one database read, not one per listener.
+        self._generations: dict[str, int] = {}
+        self._reads: dict[str, tuple[int, asyncio.Future[JobRecord | None]]] = {}
         self.closed = False
         if cache is not None:
             cache.listen(self.notify)
@@ -64,10 +68,10 @@ class JobWatch:
     def notify(self, job_ids: list[str] | None) -> None:
         """Wake the waiters of `job_ids`; None wakes every waiter (the feed may have missed changes)."""
         with self._lock:
-            if job_ids is None:
-                woken = [w for waiters in self._waiters.values() for w in waiters]
-            else:
-                woken = [w for job_id in job_ids for w in self._waiters.get(job_id, ())]
+            watched = list(self._waiters) if job_ids is None else [j for j in job_ids if j in self._waiters]
+            for job_id in watched:
+                self._generations[job_id] = self._generations.get(job_id, 0) + 1
+            woken = [w for job_id in watched for w in self._waiters[job_id]]
         for waiter in woken:
             try:
                 waiter.loop.call_soon_threadsafe(waiter.event.set)
@@ -92,6 +96,21 @@ class JobWatch:
                 waiters.discard(waiter)
                 if not waiters:
                     del self._waiters[job_id]
+                    self._generations.pop(job_id, None)
+                    self._reads.pop(job_id, None)
+
+    async def read(self, job_id: str, read: Callable[[], JobRecord | None]) -> JobRecord | None:
+        """The job as read since its latest wake-up: the read another listener started, or a new one."""
+        with self._lock:
+            generation = self._generations.get(job_id, 0)
+        shared = self._reads.get(job_id)  # only the event loop's thread touches `_reads`
+        # A finished read stays good until the next wake-up only while the feed wakes: without it,
+        # changes come unannounced and every re-read goes to the database.
+        if shared is None or shared[0] != generation or (shared[1].done() and not self.fresh()):
+            shared = (generation, asyncio.ensure_future(_read(self.cache, read)))
+            self._reads[job_id] = shared
+        # Shielded: a listener that goes away does not cancel the read the others wait for.
+        return await asyncio.shield(shared[1])
 
     def listeners(self) -> int:
         with self._lock:
@@ -110,7 +129,7 @@ class JobWatch:
         try:
             while True:
                 waiter.event.clear()
-                job = await _read(self.cache, read)
+                job = await self.read(job_id, read)
                 if job is None:
                     return
                 yield job

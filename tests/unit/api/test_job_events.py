@@ -172,3 +172,36 @@ def test_a_stopping_server_closes_the_streams(api: Api, wait_until: Callable[...
         thread.join()
     assert [name for name, _ in events] == ["status"]  # no `end`: the job has not ended
     assert api.client.get(f"/v1/jobs/{job_id}?wait=30").json()["status"] == "queued"  # answers at once
+
+
+def test_listeners_of_a_job_share_one_read_per_change(api: Api) -> None:
+    import asyncio
+
+    watch = _watch(api)
+    job_id = _job(api)
+    reads: list[int] = []
+
+    def read() -> Any:
+        reads.append(1)
+        return api.store.find_job(job_id)
+
+    async def listen() -> list[str]:
+        seen: list[str] = []
+        async for job in watch.follow(job_id, read, timeout=None):
+            seen.append(job.status)
+            if job.status == "cancelled":
+                return seen
+        return seen
+
+    async def main() -> list[list[str]]:
+        listeners = [asyncio.ensure_future(listen()) for _ in range(8)]
+        while watch.listeners() < 8:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(api.store.request_cancel, job_id, owner="local")
+        return list(await asyncio.gather(*listeners))
+
+    results = asyncio.run(main())
+    assert all(r[0] == "queued" and r[-1] == "cancelled" for r in results)
+    # One read for the first look and a few per change (this process's commit, then the feed's report),
+    # however many listen.
+    assert len(reads) <= 4, len(reads)
