@@ -126,7 +126,16 @@ def submit(
     check_form(request, csrf)
     try:
         spec = _spec(model_id, dataset_id, preset, input_low, input_high, max_samples)
-        job = submit_evaluation(spec, Response(), store, artifacts, enqueuer, settings, owner, None)
+        job = submit_evaluation(
+            spec,
+            response=Response(),
+            store=store,
+            artifacts=artifacts,
+            enqueuer=enqueuer,
+            settings=settings,
+            owner=owner,
+            idempotency_key=None,
+        )
     except ServiceError as exc:
         return _refused(request, store, owner, exc)
     except ValueError as exc:
