@@ -15,7 +15,8 @@ from importlib import metadata
 
 from service.domain.specs import EvaluationOptions
 
-KEY_VERSION = 1
+# 2: built-in datasets are delivered in the job's input_range (they were always [0, 1]).
+KEY_VERSION = 2
 
 
 @lru_cache(maxsize=1)
