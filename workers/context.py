@@ -17,7 +17,7 @@ from typing import Literal
 
 from celery import current_app
 
-from service.domain.datasets import ArrayDataset, DatasetError, is_builtin, load_builtin
+from service.domain.datasets import DatasetError, is_builtin
 from service.domain.results import Progress
 from service.domain.tasks import QUEUE
 from service.errors import NotFound
@@ -59,7 +59,7 @@ def job_heartbeat(ctx: WorkerContext, job_id: str) -> Heartbeat:
             )
         )
 
-    return lease_heartbeat(report, ctx.settings)
+    return lease_heartbeat(report, ctx.settings, poll=lambda: ctx.store.stop_wanted(job_id))
 
 
 def model_record(store: JobStore, model_id: str) -> ModelRecord:
@@ -95,11 +95,6 @@ def dataset_arg(ctx: WorkerContext, session: Session, dataset_id: str) -> dict[s
     except NotFound as exc:
         raise DatasetError(f"dataset {dataset_id} no longer exists") from exc
     return {"path": session.stage(ctx.artifacts.blob_path(record.sha256))}
-
-
-@lru_cache(maxsize=8)
-def builtin_dataset(ref: str) -> ArrayDataset:
-    return load_builtin(ref)
 
 
 def send_task(name: str, job_id: str) -> None:

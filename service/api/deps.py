@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.api.job_events import JobWatch
 from service.api.metrics import Metrics
 from service.api.queue import BrokerProbe, Enqueuer
 from service.auth import LOCAL_OWNER, KeyRing
@@ -43,6 +44,11 @@ async def get_enqueuer(request: Request) -> Enqueuer:
 async def get_broker(request: Request) -> BrokerProbe:
     probe: BrokerProbe = request.app.state.broker
     return probe
+
+
+async def get_job_watch(request: Request) -> JobWatch:
+    watch: JobWatch = request.app.state.job_watch
+    return watch
 
 
 async def get_metrics(request: Request) -> Metrics:
@@ -90,6 +96,7 @@ ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
 BrokerDep = Annotated[BrokerProbe, Depends(get_broker)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+JobWatchDep = Annotated[JobWatch, Depends(get_job_watch)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 # `?sha256=` on the model and dataset lists: find what the server has for some bytes without uploading them.
 Sha256Filter = Annotated[

@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -96,7 +97,20 @@ class JobCache:
         self._fresh_since: float | None = None  # time.monotonic() at the start of the last good poll
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._listeners: list[Callable[[list[str] | None], None]] = []
         changes.on_commit(store.engine, self.evict)
+
+    def listen(self, listener: Callable[[list[str] | None], None]) -> None:
+        """Call `listener` with the ids of every change this cache learns of, outside its lock; with None
+        when it starts again from nothing (changes may have been missed). The live events wait on this."""
+        self._listeners.append(listener)
+
+    def _tell(self, job_ids: list[str] | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(job_ids)
+            except Exception:
+                log.warning("job cache: a change listener failed", exc_info=True)
 
     # ---- reads (the event loop and the fast path's threads) ---------------------------------
 
@@ -156,6 +170,7 @@ class JobCache:
         with self._lock:
             for job_id in job_ids:
                 self._drop(job_id)
+        self._tell(job_ids)
 
     def clear(self) -> None:
         with self._lock:
@@ -185,6 +200,8 @@ class JobCache:
                 self._keys_epoch += 1
                 self._keys = poll.keys
             self._fresh_since = started
+        if poll.changed:
+            self._tell(poll.changed)
 
     def families(self) -> list[Metric]:
         """The hit and miss counters, for /metrics (`Metrics.add_source`)."""
@@ -223,13 +240,16 @@ class JobCache:
                 if feed is None:
                     feed = ChangeFeed(self.store.engine)
                 poll = feed.poll()
-                if previous is None or started - previous >= _PRUNE_SAFE_GAP:
+                restarted = previous is None or started - previous >= _PRUNE_SAFE_GAP
+                if restarted:
                     # The first poll starts from nothing: reads before it were not covered by the feed.
                     # A poller that stopped for long may have missed rows pruned meanwhile. A shorter
                     # delay (a slow database, a starved process) only makes the cache not fresh until
                     # this poll: the feed's position is kept, so what it reports now is every change.
                     self.clear()
                 self.apply(poll, started)
+                if restarted:
+                    self._tell(None)  # waiters read again: what changed before this poll is unknown
                 previous = started
                 polls += 1
                 if polls % 1500 == 0:  # every 30 s or so; each API process prunes, which is harmless

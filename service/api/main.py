@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api import docs
 from service.api.job_cache import JobCache
+from service.api.job_events import JobWatch, close_on_exit_signals
 from service.api.job_status import JobStatusFastPath
 from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.problems import EXCEPTION_HANDLERS, problem_openapi
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(store.create_schema)
         job_cache.start()  # needs the job_changes table; answers nothing until its first poll
+        close_on_exit_signals(app.state.job_watch)
         resolver = await run_in_threadpool(keyring.resolver)
         if resolver is not None:  # the UI checks keys through this; None (absent) means open mode
             app.state.key_resolver = resolver
@@ -91,6 +93,7 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     app.state.metrics = metrics
     app.state.keyring = keyring
     app.state.job_cache = job_cache
+    app.state.job_watch = JobWatch(job_cache)
     for router in ROUTERS:
         app.include_router(router)
     app.include_router(docs.router)

@@ -47,6 +47,10 @@ class ModelOut(BaseModel):
         default=None,
         description="Whether adversarial training can update the model's weights (null until validated).",
     )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Reasons to distrust the model, e.g. a training that left it worse than its upload.",
+    )
 
     @classmethod
     def of(cls, record: ModelRecord) -> ModelOut:
@@ -63,6 +67,7 @@ class ModelOut(BaseModel):
             rejection=record.rejection,
             created_at=record.created_at,
             trainable=record.trainable,
+            warnings=list(record.warnings or []),
         )
 
 
@@ -80,6 +85,11 @@ class DatasetOut(BaseModel):
     size_bytes: int | None = None
     builtin: bool = False
     created_at: datetime | None = Field(description="null for built-in datasets")
+    min_value: float | None = Field(
+        default=None,
+        description="The smallest value of x (null for built-ins, which come in the job's input_range).",
+    )
+    max_value: float | None = Field(default=None, description="The largest value of x (null for built-ins).")
 
     @classmethod
     def of(cls, record: DatasetRecord) -> DatasetOut:
@@ -92,6 +102,8 @@ class DatasetOut(BaseModel):
             num_classes=record.num_classes,
             size_bytes=record.size_bytes,
             created_at=record.created_at,
+            min_value=record.min_value,
+            max_value=record.max_value,
         )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import random
 import time
@@ -370,6 +371,34 @@ class ParryClient:
         body: dict[str, Any] = self._json("POST", f"/v1/jobs/{job_id}/cancel")
         return body
 
+    def follow_job(self, job_id: str, *, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """The job's live events (`GET /v1/jobs/{id}/events`): a dict with `status` and `progress` at each
+        change, ending with the final one. Stops early, without an error, when the stream is not there (an
+        older server, an unknown job), breaks, or `timeout` seconds pass: the caller then polls instead."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # The server sends a keep-alive every 15 s; a read silent for much longer means a dead stream.
+        read = 45.0 if deadline is None else max(0.1, min(45.0, deadline - time.monotonic()))
+        request_timeout = httpx.Timeout(read, connect=min(read, 10.0))
+        headers = {"Accept": "text/event-stream"}
+        try:
+            with self._http.stream(
+                "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=request_timeout
+            ) as response:
+                kind = response.headers.get("content-type", "")
+                if response.status_code != 200 or not kind.startswith("text/event-stream"):
+                    return
+                for name, data in _sse_events(response.iter_lines()):
+                    if name in ("status", "progress"):
+                        yield data
+                    elif name == "end":
+                        if data.get("status") is not None:
+                            yield {**data, "progress": None}
+                        return
+                    if deadline is not None and time.monotonic() > deadline:
+                        return
+        except (httpx.TransportError, ValueError):
+            return  # polling takes over, with its retries and its error sentences
+
     def wait_job(
         self,
         job_id: str,
@@ -379,11 +408,17 @@ class ParryClient:
         max_poll_interval: float = 3.0,
         on_update: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Poll until the job is succeeded, failed or cancelled and return it (whatever that status).
+        """Follow the job's live events until it is succeeded, failed or cancelled, then return the Job
+        (whatever that status); without live events (an older server, a dropped stream), poll instead.
 
-        `on_update` sees every polled job (for a progress bar). WaitTimeout after `timeout` seconds.
+        `on_update` sees every update (for a progress bar). WaitTimeout after `timeout` seconds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        for update in self.follow_job(job_id, timeout=timeout):
+            if update["status"] in TERMINAL_STATUSES:
+                break  # the loop below reads the whole Job once
+            if on_update is not None:
+                on_update(update)
         while True:
             job = self.get_job(job_id)
             if on_update is not None:
@@ -421,6 +456,21 @@ def _match_sha(body: Any, sha256: str) -> dict[str, Any] | None:
         if isinstance(item, dict) and item.get("sha256") == sha256:
             return item
     return None
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event name, JSON data) of each Server-Sent Event; comments and `retry:` lines are skipped."""
+    name, data = "message", ""
+    for line in lines:
+        if not line:
+            if data:
+                body = json.loads(data)
+                yield name, body if isinstance(body, dict) else {}
+            name, data = "message", ""
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()
 
 
 def _save_stream(response: httpx.Response, dest: Path) -> None:

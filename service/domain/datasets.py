@@ -25,6 +25,9 @@ from service.vetting.archives import ArchiveError, check_archive
 
 _SPLIT_SEED = 20240601  # fixed forever: changing it changes every builtin:*:train/test id's contents
 _TRAIN_FRACTION = 0.8
+# Values spanning less of `input_range` than this (max - min, over the range's width) were most likely
+# saved in another scale than the model's: [0, 1] images for a [0, 255] model span 0.4%.
+MIN_RANGE_USE = 0.05
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class ArrayDataset:
     y: np.ndarray  # int64, (N,)
     sha256: str
     name: str
+    # A built-in in its packaged [0, 1] form, which a job gets in its own input_range (`in_input_range`).
+    unit_range: bool = False
 
     @property
     def num_samples(self) -> int:
@@ -49,7 +54,42 @@ class ArrayDataset:
     def take(self, n: int | None) -> ArrayDataset:
         if n is None or n >= self.num_samples:
             return self
-        return ArrayDataset(self.x[:n], self.y[:n], self.sha256, self.name)
+        return ArrayDataset(self.x[:n], self.y[:n], self.sha256, self.name, self.unit_range)
+
+
+def in_input_range(data: ArrayDataset, input_range: tuple[float, float]) -> ArrayDataset:
+    """The dataset as a job with this `input_range` gets it: a built-in scaled from its [0, 1] form (the
+    same images, in the model's scale), any other dataset unchanged."""
+    lo, hi = float(input_range[0]), float(input_range[1])
+    if not data.unit_range or (lo, hi) == (0.0, 1.0):
+        return data
+    x = data.x.astype(np.float32) * np.float32(hi - lo) + np.float32(lo)
+    return ArrayDataset(x.astype(np.float32), data.y, data.sha256, data.name)
+
+
+def range_error(min_value: float, max_value: float, input_range: tuple[float, float]) -> str | None:
+    """Why values in [min_value, max_value] cannot be a job's inputs in `input_range`, else None."""
+    lo, hi = float(input_range[0]), float(input_range[1])
+    tolerance = 1e-6 * (hi - lo)
+    if min_value < lo - tolerance or max_value > hi + tolerance:
+        return (
+            f"its values lie in [{min_value:g}, {max_value:g}], outside input_range [{lo:g}, {hi:g}]; "
+            "set input_range to the model's input range (or rescale the data to it)"
+        )
+    return None
+
+
+def range_warning(min_value: float, max_value: float, input_range: tuple[float, float]) -> str | None:
+    """A sentence when values in [min_value, max_value] use less than `MIN_RANGE_USE` of `input_range`."""
+    lo, hi = float(input_range[0]), float(input_range[1])
+    span = max_value - min_value
+    if span >= MIN_RANGE_USE * (hi - lo):
+        return None
+    return (
+        f"the dataset's values lie in [{min_value:g}, {max_value:g}], {span / (hi - lo):.1%} of input_range "
+        f"[{lo:g}, {hi:g}]: the data is probably in another scale than the model (for example [0, 1] "
+        "images for a [0, 255] model); rescale the data or set input_range to the model's range"
+    )
 
 
 def load_dataset(ref: str | Path) -> ArrayDataset:
@@ -91,6 +131,8 @@ class NpzSummary:
     num_samples: int
     sample_shape: tuple[int, ...]
     num_classes: int
+    min_value: float
+    max_value: float
 
 
 # `y` is read whole to check its labels: N integers or an N x C one-hot, small beside any x of N samples.
@@ -123,12 +165,15 @@ def summarize_npz(path: Path) -> NpzSummary:
                 if shape[0] == 0:
                     raise DatasetError("the dataset is empty")
                 step = max(dtype.itemsize, _STREAM_BYTES // dtype.itemsize * dtype.itemsize)
+                low, high = math.inf, -math.inf
                 while chunk := member.read(step):
                     # Cast as load_npz does: a float64 beyond float32's range is infinite there too.
                     with np.errstate(over="ignore"):  # an overflow is what the check looks for
                         values = np.frombuffer(chunk, dtype).astype(np.float32)
                     if not np.isfinite(values).all():
                         raise DatasetError("x contains NaN or infinite values")
+                    if values.size:
+                        low, high = min(low, float(values.min())), max(high, float(values.max()))
             info = zf.getinfo("y.npy")
             if info.file_size > _MAX_LABEL_BYTES:
                 raise DatasetError(f"y is larger than {_MAX_LABEL_BYTES:,} bytes; labels are (N,) or (N, C)")
@@ -139,7 +184,13 @@ def summarize_npz(path: Path) -> NpzSummary:
     except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
         raise DatasetError(f"{path.name} is not a readable .npz file") from exc
     labels = _labels(y, n=int(shape[0]))
-    return NpzSummary(int(shape[0]), tuple(int(d) for d in shape[1:]), int(labels.max()) + 1)
+    return NpzSummary(
+        int(shape[0]),
+        tuple(int(d) for d in shape[1:]),
+        int(labels.max()) + 1,
+        min_value=low if low <= high else 0.0,  # an x with no values at all: (N, 0)
+        max_value=high if low <= high else 0.0,
+    )
 
 
 def check_npz_layout(path: Path) -> None:
@@ -252,7 +303,8 @@ def load_builtin(ref: str) -> ArrayDataset:
         # samples are all zeros would make `max_samples` evaluate one class only.
         idx = order[:cut] if split == "train" else order[cut:]
         x, y = x[idx], y[idx]
-    return from_arrays(x, y, name=ref)
+    data = from_arrays(x, y, name=ref)
+    return ArrayDataset(data.x, data.y, data.sha256, data.name, unit_range=True)
 
 
 def _builtin_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -117,6 +117,13 @@ class EpochRecord(BaseModel):
     seconds: float
 
 
+class ValidationCheck(BaseModel):
+    """A model on the per-epoch validation check (clean and PGD accuracy at the training eps)."""
+
+    clean_accuracy: float
+    robust_accuracy: float
+
+
 class TrainingResult(BaseModel):
     method: TrainingMethod
     history: list[EpochRecord]
@@ -125,6 +132,14 @@ class TrainingResult(BaseModel):
     stopped_early: bool = False
     rolled_back: bool = False
     notes: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Reasons to distrust the trained model: its data used little of input_range, or it is "
+        "worse than the uploaded model on both accuracies.",
+    )
+    uploaded: ValidationCheck | None = Field(
+        default=None, description="The uploaded model (epoch 0) on the same validation check as each epoch."
+    )
     before: EvaluationResult | None = None
     after: EvaluationResult | None = None
     num_train_samples: int

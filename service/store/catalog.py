@@ -23,7 +23,15 @@ class CatalogStore(Database):
     # ---- models ------------------------------------------------------------------------------
 
     def add_model(
-        self, *, owner: str, name: str, sha256: str, format: str, size_bytes: int, output: str
+        self,
+        *,
+        owner: str,
+        name: str,
+        sha256: str,
+        format: str,
+        size_bytes: int,
+        output: str,
+        warnings: list[str] | None = None,
     ) -> tuple[ModelRecord, bool]:
         """A new model in status `validating`; the same owner and bytes give the existing record."""
         existing = self._model_by_sha(owner, sha256)
@@ -44,6 +52,7 @@ class CatalogStore(Database):
             "rejection": None,
             "created_at": now,
             "updated_at": now,
+            "warnings": warnings or None,
         }
         try:
             with self._tx() as conn:
@@ -154,6 +163,8 @@ class CatalogStore(Database):
         num_samples: int,
         sample_shape: list[int],
         num_classes: int,
+        min_value: float | None = None,
+        max_value: float | None = None,
     ) -> tuple[DatasetRecord, bool]:
         """A new dataset; the same owner and bytes give the existing record."""
         existing = self._dataset_by_sha(owner, sha256)
@@ -169,6 +180,8 @@ class CatalogStore(Database):
             "sample_shape": [int(d) for d in sample_shape],
             "num_classes": num_classes,
             "created_at": self.now(),
+            "min_value": min_value,
+            "max_value": max_value,
         }
         try:
             with self._tx() as conn:

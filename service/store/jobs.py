@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from service.domain.jobs import JobStatus
+from service.domain.jobs import TERMINAL_STATUSES, JobStatus
 from service.domain.results import Progress
 from service.errors import InvalidCursor, NotFound
 from service.store import changes, lifecycle
@@ -160,6 +160,16 @@ class JobStore(CatalogStore, ApiKeyStore):
         if job is None:
             raise NotFound(f"job {job_id!r} does not exist")
         return job
+
+    def stop_wanted(self, job_id: str) -> bool:
+        """Whether a running job (or its shards) should stop: a cancel was asked, or it has ended or gone.
+
+        A read, cheap enough for a heartbeat to poll every second while the model is silent."""
+        t = jobs_table.c
+        query = sa.select(t.cancel_requested, t.status).where(t.id == job_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).one_or_none()
+        return row is None or bool(row.cancel_requested) or row.status in TERMINAL_STATUSES
 
     def find_job(self, job_id: str, *, owner: str | None = None) -> JobRecord | None:
         """The job, or None when it does not exist (or belongs to another owner)."""

@@ -37,6 +37,7 @@ class ModelRecord:
     updated_at: datetime
     trainable: bool | None = None
     validation_attempts: int = 0
+    warnings: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class DatasetRecord:
     sample_shape: list[int]
     num_classes: int
     created_at: datetime
+    min_value: float | None = None
+    max_value: float | None = None
 
 
 @dataclass(frozen=True)

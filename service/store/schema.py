@@ -64,6 +64,8 @@ models_table = sa.Table(
     sa.Column("trainable", sa.Boolean),
     # Workers that started validating this model; one that never finished was killed or crashed loading it.
     sa.Column("validation_attempts", sa.Integer, nullable=False, default=0),
+    # Sentences for people: why to distrust the model (a training that left it worse than its upload).
+    sa.Column("warnings", _Json),
     sa.UniqueConstraint("owner", "sha256", name="uq_models_owner_sha256"),
 )
 
@@ -80,6 +82,10 @@ datasets_table = sa.Table(
     sa.Column("sample_shape", _Json, nullable=False),
     sa.Column("num_classes", sa.Integer, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # The smallest and largest value of `x`, checked against a job's input_range at submission (null: an
+    # upload of an older release, whose range is not known).
+    sa.Column("min_value", sa.Float),
+    sa.Column("max_value", sa.Float),
     sa.UniqueConstraint("owner", "sha256", name="uq_datasets_owner_sha256"),
 )
 

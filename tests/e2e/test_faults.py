@@ -113,13 +113,13 @@ def test_a_worker_killed_mid_pgd_gives_the_same_result_as_an_undisturbed_run(
         time.sleep(0.1)
     assert job["status"] == "running", "the job finished before the kill: make it longer"
     assert service.worker is not None
-    leftover = list((service.data_dir / "work").glob(f"{job_id}.*.{service.worker.pid}"))
-    assert len(leftover) == 1, leftover  # the running job's directory, which the kill leaves behind
+    leftover = list((service.data_dir / "work").glob(f"child-*.*.{service.worker.pid}"))
+    assert len(leftover) == 1, leftover  # the model process's scratch, which the kill leaves behind
     service.kill_worker(signal.SIGKILL)
     service.start_worker()
     killed = service.wait_job(job_id)
     assert killed["status"] == "succeeded" and killed["attempts"] == 2, killed
-    assert not leftover[0].exists(), "the new worker did not sweep the killed one's job directory"
+    assert not leftover[0].exists(), "the new worker did not sweep the killed one's scratch directory"
 
     reference = service.wait_job(_submit(service, spec))
     assert reference["status"] == "succeeded" and reference["attempts"] == 1, reference

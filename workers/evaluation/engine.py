@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from service.domain.datasets import ArrayDataset
+from service.domain.datasets import ArrayDataset, in_input_range, range_warning
 from service.domain.results import EvaluationResult, Progress
 from service.domain.specs import AttackSpecBase, EvaluationOptions
 from workers.attacks import Attack, attack_from_spec
@@ -263,7 +263,7 @@ def _prepare(
     model: LoadedModel, dataset: ArrayDataset, options: EvaluationOptions
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The samples to evaluate, shaped for the model and checked against it; raises EvaluationError."""
-    data = dataset.take(options.max_samples)
+    data = in_input_range(dataset.take(options.max_samples), options.input_range)
     if data.num_samples == 0:
         raise EvaluationError("the dataset has no samples to evaluate")
     x = np.asarray(data.x, dtype=np.float32)
@@ -293,8 +293,9 @@ def _prepare(
             f"x has values in [{x_min:g}, {x_max:g}] outside input_range [{lo:g}, {hi:g}]; "
             "set input_range to the model's input range"
         )
+    warning = range_warning(x_min, x_max, options.input_range)
     x = np.clip(x, lo, hi)
-    return x, y, probes.model_warnings(model, x, options)
+    return x, y, ([] if warning is None else [warning]) + probes.model_warnings(model, x, options)
 
 
 def _fit_shape(x: np.ndarray, model_shape: tuple[int, ...]) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from service.domain.datasets import is_builtin
+from service.domain.builtins import BUILTIN_INFO, is_builtin
 from service.domain.jobs import JobStatus
 from service.domain.results import Progress
 from service.domain.specs import EvaluationOptions, EvaluationSpec
@@ -34,7 +34,7 @@ from service.errors import NotFound
 from service.settings import Settings
 from service.store.records import JobRecord
 from service.store.shards import ShardRecord, ShardSpan, ShardStore, parse_shard_key, shard_key
-from workers.context import WorkerContext, builtin_dataset, dataset_arg, model_record, model_ref
+from workers.context import WorkerContext, dataset_arg, model_record, model_ref
 from workers.evaluation import engine as evaluation
 from workers.evaluation.robustness import AttackRun
 from workers.evaluation.run_arrays import merged_run
@@ -80,7 +80,7 @@ def _wants_shards(ctx: WorkerContext, job_id: str) -> bool:
         job = ctx.store.get_job(job_id)
         spec = EvaluationSpec.model_validate(job.spec)
         if is_builtin(spec.dataset_id):
-            available = builtin_dataset(spec.dataset_id).num_samples
+            available = BUILTIN_INFO[spec.dataset_id].num_samples
         else:
             available = ctx.store.get_dataset(spec.dataset_id).num_samples
     except Exception:  # whatever is wrong, the whole-job path reports it with a sentence
@@ -246,7 +246,7 @@ class _Shard(JobRunner[ShardRecord]):
                 stage=progress.stage,
             )
 
-        return lease_heartbeat(report, settings)
+        return lease_heartbeat(report, settings, poll=lambda: self.ctx.store.stop_wanted(self.job_id))
 
     def work(self, claim: ShardRecord, heartbeat: Heartbeat) -> dict[str, Any] | None:
         ctx, settings, job_id = self.ctx, self.ctx.settings, self.job_id

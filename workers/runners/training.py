@@ -138,6 +138,7 @@ def _register(
         format="saved_model",
         size_bytes=blob.size_bytes,
         output=source.output,
+        warnings=trained.result.warnings,  # a model worse than its upload says so wherever it is listed
     )
     try:
         result = _write_artifacts(ctx, job.id, record, trained)

@@ -32,6 +32,8 @@ class Heartbeat:
 
     Args:
         report: writes a progress (and so renews the lease); returns False when the job must stop.
+        poll: a cheap read, asked every beat in which nothing was written: True when the job must stop (a
+            cancel lands within about a second even while the model is silent and nothing is written).
         time_limit_s: the job stops once it has run this long.
         min_interval_s: progress is written at most this often.
         renew_every_s: the lease is renewed at least this often, progress or not.
@@ -41,11 +43,13 @@ class Heartbeat:
         self,
         report: Callable[[Progress], bool],
         *,
+        poll: Callable[[], bool] | None = None,
         time_limit_s: float,
         min_interval_s: float = 1.0,
         renew_every_s: float = 15.0,
     ) -> None:
         self._report = report
+        self._poll = poll
         self._deadline = time.monotonic() + time_limit_s
         self.time_limit_s = time_limit_s
         self._min_interval_s = min_interval_s
@@ -90,6 +94,15 @@ class Heartbeat:
             return JobStatus.FAILED, job_error(ErrorType.TIME_LIMIT_EXCEEDED, detail)
         return JobStatus.CANCELLED, None
 
+    def _check(self) -> None:
+        if self._poll is None or self.stop_reason is not None:
+            return
+        try:
+            if self._poll():
+                self.stop_reason = "stop_requested"
+        except Exception:  # a database hiccup: the next beat asks again
+            log.warning("heartbeat: could not check for a stop request; retrying", exc_info=True)
+
     def _run(self) -> None:
         last_write = time.monotonic()
         while not self._done.wait(self._min_interval_s):
@@ -97,6 +110,7 @@ class Heartbeat:
                 latest = self._latest
             changed = latest != self._written
             if not changed and time.monotonic() - last_write < self._renew_every_s:
+                self._check()
                 continue
             try:
                 keep_going = self._report(latest)
@@ -109,8 +123,13 @@ class Heartbeat:
                 self.stop_reason = "stop_requested"
 
 
-def lease_heartbeat(report: Callable[[Progress], bool], settings: Settings) -> Heartbeat:
+def lease_heartbeat(
+    report: Callable[[Progress], bool], settings: Settings, *, poll: Callable[[], bool] | None = None
+) -> Heartbeat:
     """A heartbeat with the limits of `settings`: its time limit, and the lease renewed 4 times a term."""
     return Heartbeat(
-        report, time_limit_s=settings.task_time_limit_s, renew_every_s=max(0.5, settings.job_lease_s / 4)
+        report,
+        poll=poll,
+        time_limit_s=settings.task_time_limit_s,
+        renew_every_s=max(0.5, settings.job_lease_s / 4),
     )

@@ -8,6 +8,7 @@ call (a warm child serves one owner's one model), so its compiled graphs are reu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,12 @@ def load_npz_arrays(path: Path) -> dict[str, np.ndarray]:
         return {name: data[name] for name in data.files}
 
 
+@functools.lru_cache(maxsize=4)
+def _builtin(ref: str) -> ArrayDataset:
+    # Read-only arrays shared by a warm child's jobs (the engine copies what it changes).
+    return load_builtin(ref)
+
+
 class Calls:
     """The child's operations, and the model it keeps loaded between them."""
 
@@ -98,7 +105,7 @@ class Calls:
     @staticmethod
     def dataset(ref: dict[str, Any]) -> ArrayDataset:
         if "builtin" in ref:
-            return load_builtin(ref["builtin"])
+            return _builtin(ref["builtin"])
         return load_npz(Path(ref["path"]))
 
     # ---- the operations -----------------------------------------------------------------------------

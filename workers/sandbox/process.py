@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 _POLL_S = 0.1
 # After a stop request the child has this long to end its call (a training writes its checkpoint) before
-# it is killed: the cancel and time-limit stops land within 5 s.
-STOP_GRACE_S = 3.0
+# it is killed: a cancel or a time limit lands within about 3 s (a poll of up to 1 s, then this).
+STOP_GRACE_S = 2.0
 # Environment variables a child may see: none of the worker's own (credentials, database URLs), only what
 # the runtime's thread pools and logging read.
 _PASSED_ENV = (

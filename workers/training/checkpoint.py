@@ -40,6 +40,10 @@ class RunState:
     stopped_early: bool = False
     rolled_back: bool = False
     best_file: str | None = None
+    uploaded: dict[str, float] | None = None  # the uploaded model on the validation check (epoch 0)
+    first_loss: float | None = None  # the run's first batch loss: what an exploding loss is measured by
+    kept: int | None = None  # 0-based epoch a divergence rolled back to
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -43,6 +43,7 @@ class EpochCheck:
         tracker: ProgressTracker,
         *,
         before_batch: Callable[[], None],
+        stage: str | None = None,
     ) -> tuple[float, float]:
         """Clean and robust accuracy over `x`; `before_batch` may raise to stop (a cancel)."""
         predict = self._predict()
@@ -63,9 +64,19 @@ class EpochCheck:
                     input_range=self.bounds,
                 )
                 robust += int((~out.success).sum())
-            tracker.advance(xb.shape[0] * (self.options.validation_steps + 1), f"validate epoch {epoch + 1}")
+            units = xb.shape[0] * (self.options.validation_steps + 1)
+            tracker.advance(units, stage or f"validate epoch {epoch + 1}")
         n = max(x.shape[0], 1)
         return clean / n, robust / n
+
+    def clean(self, x: np.ndarray, y: np.ndarray) -> float:
+        """Clean accuracy over `x` alone: the cheap probe a divergence check takes within an epoch."""
+        predict = self._predict()
+        correct = sum(
+            int((predict(x[i : i + _VALIDATION_BATCH]).numpy() == y[i : i + _VALIDATION_BATCH]).sum())
+            for i in range(0, x.shape[0], _VALIDATION_BATCH)
+        )
+        return float(correct / max(int(x.shape[0]), 1))
 
     def _predict(self) -> Callable[[np.ndarray], tf.Tensor]:
         key = ("training-predict",)

@@ -6,7 +6,7 @@ import hashlib
 
 import numpy as np
 
-from service.domain.datasets import ArrayDataset
+from service.domain.datasets import ArrayDataset, in_input_range
 from workers.training.errors import TrainingError
 
 # Seed-path tags, apart from every epoch index.
@@ -25,7 +25,7 @@ def split_validation(
     parts = []
     for name, idx in (("train", np.sort(order[held:])), ("validation", np.sort(order[:held]))):
         digest = hashlib.sha256(f"{data.sha256}:{name}:{fraction}:{seed}".encode()).hexdigest()
-        parts.append(ArrayDataset(data.x[idx], data.y[idx], digest, f"{data.name}:{name}"))
+        parts.append(ArrayDataset(data.x[idx], data.y[idx], digest, f"{data.name}:{name}", data.unit_range))
     return parts[0], parts[1]
 
 
@@ -43,6 +43,7 @@ def prepare(
     """
     if data.num_samples == 0:
         raise TrainingError(f"The {what} dataset has no samples.")
+    data = in_input_range(data, input_range)
     x = np.asarray(data.x, dtype=np.float32)
     if tuple(x.shape[1:]) != input_shape:
         if int(np.prod(x.shape[1:])) != int(np.prod(input_shape)):

@@ -20,16 +20,17 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from service.domain.datasets import ArrayDataset
-from service.domain.results import EpochRecord, EvaluationResult, Progress, TrainingResult
+from service.domain.datasets import ArrayDataset, range_warning
+from service.domain.results import EpochRecord, EvaluationResult, Progress, TrainingResult, ValidationCheck
 from service.domain.specs import TrainingOptions
 from workers.attacks import derive_seed
 from workers.models.errors import first_sentence
 from workers.models.loading import LoadedModel
-from workers.training import checkpoint, schedules
+from workers.training import checkpoint, divergence, schedules
 from workers.training.checkpoint import Checkpoint, RunState
 from workers.training.checks import EpochCheck, evaluate_attacks, evaluation_units
 from workers.training.data import prepare, validation_subset
+from workers.training.divergence import Check
 from workers.training.errors import TrainingCancelled, TrainingError
 from workers.training.export import export_keras, export_saved_model_zip
 from workers.training.methods import MethodConfig, adversarial_inputs, training_loss
@@ -37,6 +38,11 @@ from workers.training.optimizer import Adam
 from workers.training.progress import ProgressTracker
 from workers.training.starts import PreviousPerturbations
 from workers.training.variables import trainable_variables
+
+# Samples of the validation subset that the within-epoch divergence probe predicts (clean only: cheap).
+_PROBE_SAMPLES = 200
+# Probes per epoch: a collapse is caught a quarter of an epoch after it happens, not at the epoch's end.
+_PROBES_PER_EPOCH = 4
 
 
 @dataclass
@@ -123,6 +129,7 @@ class AdversarialTrainer:
         self.optimizer = Adam(self.variables)
         self._step = self._compile_step()
         self._epoch_check = EpochCheck(model, options)
+        self._chance = 0.0  # of the run's validation subset: the accuracy of answering one class
 
     # --- the compiled step ----------------------------------------------------------------------------
     def _compile_step(self) -> Callable[..., Any]:
@@ -204,9 +211,18 @@ class AdversarialTrainer:
         eval_units = evaluation_units(opts, x_val.shape[0])
         done = (eval_units if state.before is not None else 0) + state.epoch * (train_units + check_units)
         done += state.seen * self.config.passes_per_sample
+        done += check_units if state.uploaded is not None else 0
         tracker = ProgressTracker(
-            progress, total=2 * eval_units + opts.epochs * (train_units + check_units), done=done
+            progress, total=2 * eval_units + (opts.epochs + 1) * (train_units + check_units), done=done
         )
+        tracker.total -= train_units  # epoch 0 (the uploaded model) is checked, not trained
+        x_check, y_check = x_val[subset], y_val[subset]
+        data_warnings = [
+            f"{what}: {warning}"
+            for what, values in (("training data", x), ("validation data", x_val))
+            if (warning := range_warning(float(values.min()), float(values.max()), opts.input_range))
+        ]
+        self._chance = divergence.chance_level(y_check)
 
         if state.before is None and opts.evaluate:
             stage = "evaluate before"
@@ -214,8 +230,20 @@ class AdversarialTrainer:
             state.before = before.model_dump(mode="json")
             self._save(state)
             state.epoch_seconds = 0.0
+        if state.uploaded is None:
+            # Epoch 0: the uploaded model on the check every epoch gets, the bar a divergence is judged by.
+            uploaded_clean, uploaded_robust = self._epoch_check.run(
+                x_check,
+                y_check,
+                opts.epochs,  # a seed path no training epoch uses
+                tracker,
+                before_batch=lambda: self._check(stop, state),
+                stage="validate the uploaded model",
+            )
+            state.uploaded = {"clean": uploaded_clean, "robust": uploaded_robust}
+            self._save(state)
         if not state.finished:
-            self._train(state, x, y, x_val[subset], y_val[subset], tracker, stop)
+            self._train(state, x, y, x_check, y_check, tracker, stop)
         after = (
             evaluate_attacks(self.model, opts, val_data, tracker, eval_units, "evaluate after", stop)
             if opts.evaluate
@@ -232,8 +260,22 @@ class AdversarialTrainer:
         history = [EpochRecord(**h) for h in state.history]
         robust = [h.robust_accuracy for h in history]
         exported = (
-            schedules.best_epoch(robust) if state.rolled_back or state.stopped_early else len(history) - 1
+            state.kept
+            if state.kept is not None
+            else schedules.best_epoch(robust)
+            if state.rolled_back or state.stopped_early
+            else len(history) - 1
         )
+        uploaded = self._uploaded(state)
+        if exported is not None and history:
+            kept = history[exported]
+            if divergence.worse_on_both(Check(kept.clean_accuracy, kept.robust_accuracy), uploaded):
+                state.warnings.append(
+                    f"the trained model is worse than the uploaded one on both clean accuracy "
+                    f"({kept.clean_accuracy:.1%} against {uploaded.clean:.1%}) and robust accuracy "
+                    f"({kept.robust_accuracy:.1%} against {uploaded.robust:.1%}) on the validation check; "
+                    f"keep the uploaded model, or {divergence.hint(opts.learning_rate, opts.lr_schedule)}"
+                )
         result = TrainingResult(
             method=opts.method,
             history=history,
@@ -241,7 +283,9 @@ class AdversarialTrainer:
             epochs_completed=len(history),
             stopped_early=state.stopped_early,
             rolled_back=state.rolled_back,
-            notes=state.notes,
+            notes=state.notes + data_warnings + state.warnings,
+            warnings=data_warnings + state.warnings,
+            uploaded=ValidationCheck(clean_accuracy=uploaded.clean, robust_accuracy=uploaded.robust),
             before=EvaluationResult(**state.before) if state.before is not None else None,
             after=after,
             num_train_samples=int(x.shape[0]),
@@ -274,6 +318,7 @@ class AdversarialTrainer:
         ramp_steps = round(opts.ramp_epochs() * batches)
         full_step = opts.step_size_at_full_eps()
         lr = opts.learning_rate
+        probe_every = max(1, batches // _PROBES_PER_EPOCH)
         for epoch in range(state.epoch, opts.epochs):
             order = np.random.default_rng([opts.seed, epoch]).permutation(n)
             for batch in range(state.batch, batches):
@@ -296,11 +341,15 @@ class AdversarialTrainer:
                 )
                 if self.previous is not None:
                     self.previous.store(chosen, perturbation[0].numpy())
-                if not math.isfinite(float(loss)):
-                    raise TrainingError(
-                        f"The training loss became {float(loss)} at epoch {epoch + 1}, batch {batch + 1}; "
-                        "lower learning_rate or check the model's weights."
-                    )
+                problem = divergence.loss_problem(float(loss), state.first_loss)
+                if problem is None and (batch + 1) % probe_every == 0 and batch + 1 < batches:
+                    problem = self._probe(state, x_check, y_check)
+                if problem is not None:
+                    self._diverged(state, f"{problem} at epoch {epoch + 1}, batch {batch + 1}", epochs=epoch)
+                    self._save(state)
+                    return
+                if state.first_loss is None:
+                    state.first_loss = float(loss)
                 state.loss_sum += float(loss) * chosen.size
                 state.correct += int(correct)
                 state.seen += chosen.size
@@ -309,6 +358,7 @@ class AdversarialTrainer:
                     chosen.size * self.config.passes_per_sample,
                     f"epoch {epoch + 1}/{opts.epochs} batch {batch + 1}/{batches} "
                     f"loss {state.loss_sum / state.seen:.4f}",
+                    force=batch == 0,  # an epoch's start shows at once, whatever was reported just before
                 )
                 if state.batch % self.checkpoint_every == 0 and state.batch < batches:
                     self._save(state)
@@ -333,12 +383,68 @@ class AdversarialTrainer:
             tracker.report(
                 f"epoch {epoch + 1}/{opts.epochs} clean {clean:.3f} robust {robust:.3f}", force=True
             )
+            problem = divergence.check_problem(
+                Check(clean, robust),
+                uploaded=self._uploaded(state),
+                best=self._best(state, epoch),
+                chance=self._chance,
+            )
+            if problem is not None:
+                self._diverged(state, f"{problem} at epoch {epoch + 1}", epochs=epoch)
+                self._save(state)
+                return
             self._after_epoch(state)
             self._save(state)
             if state.finished:
                 return
         state.finished = True
         self._save(state)
+
+    def _uploaded(self, state: RunState) -> Check:
+        assert state.uploaded is not None
+        return Check(state.uploaded["clean"], state.uploaded["robust"])
+
+    def _best(self, state: RunState, epochs: int | None = None) -> Check:
+        """The best, by robust accuracy, of the uploaded model and the first `epochs` epochs (default all)."""
+        checks = [self._uploaded(state)] + [
+            Check(h["clean_accuracy"], h["robust_accuracy"]) for h in state.history[:epochs]
+        ]
+        index = schedules.best_epoch([c.robust for c in checks])
+        assert index is not None
+        return checks[index]
+
+    def _probe(self, state: RunState, x_check: np.ndarray, y_check: np.ndarray) -> str | None:
+        clean = self._epoch_check.clean(x_check[:_PROBE_SAMPLES], y_check[:_PROBE_SAMPLES])
+        uploaded = self._uploaded(state).clean
+        if divergence.fell_to_chance(clean, uploaded, self._chance):
+            return f"clean accuracy fell to {clean:.1%}, chance level (the uploaded model had {uploaded:.1%})"
+        return None
+
+    def _diverged(self, state: RunState, reason: str, *, epochs: int) -> None:
+        """Roll back to the best of the first `epochs` epochs if it beats the uploaded model (a note says
+        so), else raise TrainingError with the likely cause: a diverged model is never registered."""
+        opts, uploaded = self.options, self._uploaded(state)
+        robust = [h["robust_accuracy"] for h in state.history[:epochs]]
+        best = schedules.best_epoch(robust)
+        if (
+            best is None
+            or not divergence.beats(self._best(state, epochs), uploaded)
+            or state.best_file is None
+        ):
+            raise TrainingError(
+                f"The training diverged: {reason}, and no epoch beat the uploaded model (clean "
+                f"{uploaded.clean:.1%}, robust {uploaded.robust:.1%} on the validation check), so no model "
+                f"was registered; {divergence.hint(opts.learning_rate, opts.lr_schedule)}."
+            )
+        self._set_weights(checkpoint.load_best(self.checkpoint_dir, state.best_file, len(self.variables)))
+        kept = state.history[best]
+        state.notes.append(
+            f"the training diverged ({reason}); rolled back to epoch {best + 1} (clean "
+            f"{kept['clean_accuracy']:.1%}, robust {kept['robust_accuracy']:.1%}), which beats the uploaded "
+            f"model (robust {uploaded.robust:.1%}), and stopped; next time "
+            f"{divergence.hint(opts.learning_rate, opts.lr_schedule)}"
+        )
+        state.rolled_back, state.finished, state.kept = True, True, best
 
     def _after_epoch(self, state: RunState) -> None:
         """Keep the best weights; roll back on a robust-accuracy collapse or exhausted patience."""

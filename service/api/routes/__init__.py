@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from service.api.routes import datasets, evaluations, health, jobs, models, trainings
+from service.api.ui import actions as ui_actions
 from service.api.ui import routes as ui
 
 ROUTERS = (
@@ -13,4 +14,5 @@ ROUTERS = (
     evaluations.router,
     trainings.router,
     ui.router,
+    ui_actions.router,
 )

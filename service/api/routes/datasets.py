@@ -9,11 +9,13 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ArtifactsDep, JobStoreDep, OwnerDep, SettingsDep, Sha256Filter
 from service.api.schemas import DatasetList, DatasetOut
-from service.api.uploads import multipart_openapi, receive_upload
+from service.api.uploads import Upload, multipart_openapi, receive_upload
 from service.domain import builtins as builtin_info
 from service.domain import datasets
 from service.errors import InvalidUpload, NotFound, Unprocessable
+from service.store.artifacts import ArtifactStore
 from service.store.jobs import JobStore
+from service.store.records import DatasetRecord
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -52,6 +54,18 @@ async def upload_dataset(
 ) -> DatasetOut:
     """Upload an .npz with arrays `x` (N, ...) and `y` (N,) labels or (N, C) one-hot."""
     upload = await receive_upload(request, artifacts, max_bytes=settings.max_upload_bytes)
+    record, created = await register_dataset(upload, store=store, artifacts=artifacts, owner=owner)
+    response.headers["Location"] = f"/v1/datasets/{record.id}"
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return DatasetOut.of(record)
+
+
+async def register_dataset(
+    upload: Upload, *, store: JobStore, artifacts: ArtifactStore, owner: str
+) -> tuple[DatasetRecord, bool]:
+    """Check a received `.npz` (bounded memory), store its bytes and add the dataset with its value range.
+    The API's route and the UI's upload form both come here; the upload's temp file is gone after."""
     try:
         try:
             data = await run_in_threadpool(datasets.summarize_npz, upload.file.path)
@@ -65,7 +79,7 @@ async def upload_dataset(
         upload.discard()
         raise
     name = upload.fields.get("name") or _stem(upload.filename) or "dataset"
-    record, created = await run_in_threadpool(
+    return await run_in_threadpool(
         lambda: store.add_dataset(
             owner=owner,
             name=name[:500],
@@ -74,12 +88,10 @@ async def upload_dataset(
             num_samples=data.num_samples,
             sample_shape=list(data.sample_shape),
             num_classes=data.num_classes,
+            min_value=data.min_value,
+            max_value=data.max_value,
         )
     )
-    response.headers["Location"] = f"/v1/datasets/{record.id}"
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    return DatasetOut.of(record)
 
 
 def _stem(filename: str | None) -> str | None:

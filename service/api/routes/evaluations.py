@@ -14,6 +14,7 @@ from service.api.queue import send_logged
 from service.api.routes.datasets import resolve_dataset
 from service.api.schemas import DatasetOut, JobOut, Problem
 from service.domain import tasks as broker
+from service.domain.datasets import range_error
 from service.domain.limits import check_steps, evaluation_steps
 from service.domain.reuse import evaluation_cache_key
 from service.domain.specs import AttackSpec, EvaluationSpec
@@ -105,9 +106,23 @@ def check_evaluation(
         what="evaluation",
         hint="use fewer samples (max_samples), steps, restarts or eps values",
     )
+    check_value_range(spec.dataset_id, dataset, spec.input_range)
     if model.status == "ready":
         check_fits(model, spec.dataset_id, dataset, spec.attacks)
     return model, dataset
+
+
+def check_value_range(dataset_id: str, dataset: DatasetOut, input_range: tuple[float, float]) -> None:
+    """Values outside `input_range` can only be a mistake (the worker would refuse them): a 422 now.
+    Built-ins come in any input_range; uploads of older releases have no recorded range."""
+    if dataset.min_value is None or dataset.max_value is None:
+        return
+    problem = range_error(dataset.min_value, dataset.max_value, input_range)
+    if problem is not None:
+        raise IncompatibleSpec(
+            f"dataset {dataset_id}: {problem}",
+            errors=[{"loc": ["body", "input_range"], "msg": "does not contain the dataset's values"}],
+        )
 
 
 def find_model(store: JobStore, model_id: str, *, owner: str) -> ModelRecord:

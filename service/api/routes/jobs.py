@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import ArtifactsDep, JobStoreDep, OwnerDep
+from service.api.deps import ArtifactsDep, JobStoreDep, JobWatchDep, OwnerDep
+from service.api.job_events import MAX_WAIT, SSE_HEADERS, event_stream, long_poll
 from service.api.schemas import ArtifactOut, JobOut, JobPage, Problem
 from service.api.ui.report import html_report
 from service.domain.jobs import JobStatus
@@ -35,10 +37,45 @@ def list_jobs(
     return JobPage(items=[JobOut.of(j) for j in jobs], next_cursor=next_cursor)
 
 
+WaitQuery = Annotated[
+    float | None,
+    Query(
+        ge=0,
+        le=MAX_WAIT,
+        description="Long poll: answer as soon as the job's status changes, or after this many seconds.",
+    ),
+]
+
+
 @router.get("/{job_id}", response_model=JobOut, responses={404: {"model": Problem}})
-def get_job(job_id: str, store: JobStoreDep, owner: OwnerDep) -> JobOut:
+async def get_job(
+    job_id: str, store: JobStoreDep, owner: OwnerDep, watch: JobWatchDep, wait: WaitQuery = None
+) -> JobOut:
     """One job: status, progress, and the result once it has succeeded."""
-    return JobOut.of(store.get_job(job_id, owner=owner))
+    job = await run_in_threadpool(store.get_job, job_id, owner=owner)
+    if wait:  # the wait holds no thread: it is an event the change feed sets
+        job = await long_poll(watch, store, job, wait=wait)
+    return JobOut.of(job)
+
+
+EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-Sent Events: `status`, `progress`, then `end`; the stream closes after `end`.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    404: {"model": Problem},
+}
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse, responses=EVENTS_RESPONSES)
+async def job_events(
+    job_id: str, store: JobStoreDep, owner: OwnerDep, watch: JobWatchDep
+) -> StreamingResponse:
+    """Live events of a job (Server-Sent Events): its status, its progress, and at the end its result link."""
+    job = await run_in_threadpool(store.get_job, job_id, owner=owner)
+    return StreamingResponse(
+        event_stream(watch, store, job), media_type="text/event-stream", headers=SSE_HEADERS
+    )
 
 
 @router.post(

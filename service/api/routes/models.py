@@ -9,12 +9,15 @@ from fastapi import APIRouter, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ArtifactsDep, EnqueuerDep, JobStoreDep, OwnerDep, SettingsDep, Sha256Filter
-from service.api.queue import send_logged
+from service.api.queue import Enqueuer, send_logged
 from service.api.schemas import ModelList, ModelOut
 from service.api.uploads import Upload, multipart_openapi, receive_upload
 from service.domain import tasks as broker
 from service.errors import InvalidUpload
 from service.settings import Settings
+from service.store.artifacts import ArtifactStore
+from service.store.jobs import JobStore
+from service.store.records import ModelRecord
 from service.vetting import archives, keras_config
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,26 @@ async def upload_model(
 ) -> ModelOut:
     """Upload a SavedModel archive (zip or tar), a .keras or an .h5 file; it is validated by a worker."""
     upload = await receive_upload(request, artifacts, max_bytes=settings.max_upload_bytes)
+    record, created = await register_model(
+        upload, store=store, artifacts=artifacts, enqueuer=enqueuer, settings=settings, owner=owner
+    )
+    response.headers["Location"] = f"/v1/models/{record.id}"
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return ModelOut.of(record)
+
+
+async def register_model(
+    upload: Upload,
+    *,
+    store: JobStore,
+    artifacts: ArtifactStore,
+    enqueuer: Enqueuer,
+    settings: Settings,
+    owner: str,
+) -> tuple[ModelRecord, bool]:
+    """Vet a received upload, store its bytes, add the model and send it to validation (when it is new).
+    The API's route and the UI's upload form both come here; the upload's temp file is gone after."""
     try:
         output = _output(upload)
         model_format = await run_in_threadpool(_vet, upload, settings)
@@ -63,12 +86,9 @@ async def upload_model(
             output=output,
         )
     )
-    response.headers["Location"] = f"/v1/models/{record.id}"
-    if not created:
-        response.status_code = status.HTTP_200_OK
-        return ModelOut.of(record)
-    await run_in_threadpool(send_logged, enqueuer, broker.VALIDATE_MODEL, [record.id])
-    return ModelOut.of(record)
+    if created:
+        await run_in_threadpool(send_logged, enqueuer, broker.VALIDATE_MODEL, [record.id])
+    return record, created
 
 
 def _output(upload: Upload) -> Literal["auto", "logits", "probabilities"]:

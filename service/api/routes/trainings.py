@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Response, status
 
 from service.api.deps import EnqueuerDep, JobStoreDep, OwnerDep, SettingsDep
 from service.api.queue import send_logged
-from service.api.routes.evaluations import check_fits, find_dataset, find_model
+from service.api.routes.evaluations import check_fits, check_value_range, find_dataset, find_model
 from service.api.schemas import JobOut, Problem
 from service.domain import tasks as broker
 from service.domain.limits import HELD_OUT_FRACTION, check_steps, training_steps
@@ -84,6 +84,7 @@ def check_training(spec: TrainingSpec, *, store: JobStore, owner: str, settings:
                 f"{settings.max_samples_per_job:,} per job",
                 errors=[{"loc": ["body", field], "msg": f"at most {settings.max_samples_per_job} samples"}],
             )
+        check_value_range(getattr(spec, field), dataset, spec.input_range)
         if model.status == "ready":
             check_fits(model, getattr(spec, field), dataset, spec.evaluate, attacks_field="evaluate")
     train = datasets["dataset_id"].num_samples

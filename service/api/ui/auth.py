@@ -9,6 +9,9 @@ is open (loopback use, see docs/api.md) and every visitor is the same owner as a
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from collections.abc import Callable
 from typing import Annotated
 from urllib.parse import quote
@@ -81,3 +84,32 @@ def login_url(request: Request) -> str:
 
 UiOwnerDep = Annotated[str, Depends(ui_owner)]
 UiApiOwnerDep = Annotated[str, Depends(ui_api_owner)]
+
+
+def csrf_token(request: Request) -> str:
+    """The token the UI's forms carry: derived from the login cookie's key, so another site can neither
+    read nor forge it (the cookie is HttpOnly and SameSite=Strict besides); in open mode, from a secret
+    of this process."""
+    secret = presented_key(request)
+    if not secret:
+        state = request.app.state
+        secret = getattr(state, "csrf_secret", None) or secrets.token_hex(32)
+        state.csrf_secret = secret
+    return hmac.new(secret.encode(), b"parry-ui-form", hashlib.sha256).hexdigest()
+
+
+def check_origin(request: Request) -> None:
+    """Refuse a form posted from another site (login CSRF would sign the visitor in with someone's key)."""
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this form must be posted from the Parry UI itself")
+
+
+def check_form(request: Request, token: str | None) -> None:
+    """Refuse a form posted from another site, or without this visitor's token: a 403 with a sentence."""
+    check_origin(request)
+    if not token or not hmac.compare_digest(token, csrf_token(request)):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "this form has expired or was not sent by the Parry UI: reload the page",
+        )

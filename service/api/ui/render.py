@@ -60,7 +60,9 @@ class Links:
         return f"{prefix}/{job_id}/artifacts/{name}"
 
 
-def render_job_page(inputs: PageInputs, *, standalone: bool, show_logout: bool = False) -> str:
+def render_job_page(
+    inputs: PageInputs, *, standalone: bool, show_logout: bool = False, csrf: str | None = None
+) -> str:
     """The page of one job: status, and for a succeeded one its charts, tables, examples and facts."""
     job = inputs.job
     result = job.result if isinstance(job.result, dict) else None
@@ -78,6 +80,7 @@ def render_job_page(inputs: PageInputs, *, standalone: bool, show_logout: bool =
         "error_detail": (job.error or {}).get("detail") if isinstance(job.error, dict) else None,
         "progress": job.progress or {},
         "show_logout": show_logout and not standalone,
+        "csrf": None if standalone else csrf,  # the Cancel button's form; a standalone report has none
     }
     if result is not None and job.status == JobStatus.SUCCEEDED:
         if job.kind == "training":
@@ -85,6 +88,11 @@ def render_job_page(inputs: PageInputs, *, standalone: bool, show_logout: bool =
         else:
             context["evaluation"] = evaluation_view(result)
     return _render("job.html", standalone, context)
+
+
+def render_new_page(context: dict[str, Any]) -> str:
+    """The forms page: upload a model or a dataset, submit an evaluation (see service/api/ui/actions.py)."""
+    return _render("new.html", False, context)
 
 
 def render_jobs_page(rows: Sequence[Mapping[str, Any]], *, show_logout: bool = False) -> str:
@@ -106,6 +114,12 @@ UI_CSP = (
     "default-src 'none'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+PAGE_HEADERS = {
+    "Content-Security-Policy": UI_CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
 
 
 @lru_cache(maxsize=1)

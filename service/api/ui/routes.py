@@ -8,12 +8,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, status
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi import APIRouter, Depends, Form, Query, Request, status
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import ArtifactsDep, JobStoreDep
-from service.api.ui.auth import COOKIE, KeyResolver, UiApiOwnerDep, UiOwnerDep, key_resolver, safe_next
-from service.api.ui.render import STATIC_DIR, UI_CSP, render_job_page, render_jobs_page, render_login
+from service.api.deps import ArtifactsDep, JobStoreDep, JobWatchDep
+from service.api.job_events import SSE_HEADERS, event_stream
+from service.api.ui.auth import (
+    COOKIE,
+    KeyResolver,
+    UiApiOwnerDep,
+    UiOwnerDep,
+    check_origin,
+    csrf_token,
+    key_resolver,
+    safe_next,
+)
+from service.api.ui.render import PAGE_HEADERS, STATIC_DIR, render_job_page, render_jobs_page, render_login
 from service.api.ui.report import job_names, page_inputs
 from service.errors import NotFound
 from service.store.jobs import JobStore
@@ -27,16 +38,10 @@ _STATIC = {"ui.css": "text/css; charset=utf-8", "ui.js": "text/javascript; chars
 _LIST_LIMIT = 100
 # A week; the key itself is the credential, so logging out (or revoking the key) ends the session.
 _COOKIE_MAX_AGE = 7 * 24 * 3600
-_HEADERS = {
-    "Content-Security-Policy": UI_CSP,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
 
 
 def _page(html: str, *, status_code: int = 200) -> HTMLResponse:
-    return HTMLResponse(html, status_code=status_code, headers=_HEADERS)
+    return HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
 
 
 @router.get("", response_class=HTMLResponse)
@@ -57,14 +62,31 @@ def job_json(job_id: str, store: JobStoreDep, owner: UiApiOwnerDep) -> dict[str,
     return _row(store.get_job(job_id, owner=owner), store, {})
 
 
+@router.get("/api/jobs/{job_id}/events")
+async def job_events(job_id: str, store: JobStoreDep, owner: UiApiOwnerDep, watch: JobWatchDep) -> Response:
+    """A running job's page listens to this (the same events as `/v1/jobs/{id}/events`, with the cookie)."""
+    job = await run_in_threadpool(store.get_job, job_id, owner=owner)
+    return StreamingResponse(
+        event_stream(watch, store, job), media_type="text/event-stream", headers=SSE_HEADERS
+    )
+
+
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(
-    job_id: str, store: JobStoreDep, artifacts: ArtifactsDep, owner: UiOwnerDep, resolver: ResolverDep
+    job_id: str,
+    request: Request,
+    store: JobStoreDep,
+    artifacts: ArtifactsDep,
+    owner: UiOwnerDep,
+    resolver: ResolverDep,
 ) -> HTMLResponse:
-    """One job: status while it runs, the full report once it has succeeded."""
+    """One job: status while it runs (with a Cancel button), the full report once it has succeeded."""
     job = store.get_job(job_id, owner=owner)
     inputs = page_inputs(job, store, artifacts)
-    return _page(render_job_page(inputs, standalone=False, show_logout=resolver is not None))
+    html = render_job_page(
+        inputs, standalone=False, show_logout=resolver is not None, csrf=csrf_token(request)
+    )
+    return _page(html)
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}", response_class=FileResponse)
@@ -96,7 +118,7 @@ def login(
     next: Annotated[str, Form(max_length=2000)] = "/ui",
 ) -> Response:
     """Check the key and keep it in an HttpOnly cookie; a wrong key shows the form again (401)."""
-    _same_origin(request)
+    check_origin(request)
     target = safe_next(next)
     if resolver is None:
         return RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
@@ -120,7 +142,7 @@ def login(
 @router.post("/logout")
 def logout(request: Request) -> Response:
     """Forget the key cookie."""
-    _same_origin(request)
+    check_origin(request)
     response = RedirectResponse("/ui/login", status_code=status.HTTP_303_SEE_OTHER)
     response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
     return response
@@ -137,13 +159,6 @@ def static_file(name: str) -> FileResponse:
         media_type=media_type,
         headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
     )
-
-
-def _same_origin(request: Request) -> None:
-    """Refuse a form posted from another site (login CSRF would sign the visitor in with someone's key)."""
-    origin = request.headers.get("origin")
-    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "this form must be posted from the Parry UI itself")
 
 
 def _job_rows(store: JobStore, owner: str) -> list[dict[str, Any]]:

@@ -78,3 +78,22 @@ def test_builtins_are_listed_and_gettable(api: Api) -> None:
     problem = assert_problem(api.client.get("/v1/datasets/builtin:cifar"), 404)
     assert "builtin:cifar" in str(problem["detail"])
     assert_problem(api.client.delete("/v1/datasets/builtin:digits"), 422)
+
+
+def test_an_upload_keeps_its_value_range_and_a_submission_outside_it_is_422(api: Api) -> None:
+    from tests.unit.api_helpers import ready_model
+
+    x = np.linspace(0, 255, 6 * 16, dtype=np.float32).reshape(6, 4, 4, 1)  # a [0, 255] dataset
+    body = _post(api, npz_bytes(x=x, y=np.array([0, 1, 2, 0, 1, 2]))).json()
+    assert (body["min_value"], body["max_value"]) == (0.0, 255.0)
+    model_id = ready_model(api, input_shape=[4, 4, 1], num_classes=3)
+    spec = {"model_id": model_id, "dataset_id": body["id"], "attacks": [{"name": "fgsm", "eps": 0.1}]}
+    problem = assert_problem(api.client.post("/v1/evaluations", json=spec), 422)
+    assert "outside input_range [0, 1]" in str(problem["detail"]) and body["id"] in str(problem["detail"])
+    assert problem["errors"][0]["loc"] == ["body", "input_range"]  # type: ignore[index]
+    assert api.client.post("/v1/evaluations", json={**spec, "input_range": [0, 255]}).status_code == 202
+    training = {"model_id": model_id, "dataset_id": body["id"], "method": "fgsm-rs", "eps": 0.1, "epochs": 1}
+    assert_problem(api.client.post("/v1/trainings", json=training), 422)
+    # Built-ins are delivered in any input_range, so they are never refused for it.
+    builtin = api.client.get("/v1/datasets/builtin:digits:test").json()
+    assert builtin["min_value"] is None and builtin["max_value"] is None

@@ -174,20 +174,65 @@ def test_ensure_model_uploads_and_an_upload_is_retried_with_the_whole_file(tmp_p
         assert body.count(b"x" * 5000) == 1 and b'name="name"' in body and b"logits" in body
 
 
+def _no_events(handler: Handler) -> Handler:
+    """A server without live events (an older one): 404 on /events, `handler` for the rest."""
+    return lambda r: problem(404, "no such route") if r.url.path.endswith("/events") else handler(r)
+
+
 def test_wait_job_polls_until_the_end_and_reports_each_poll() -> None:
     states = iter(["queued", "running", "running", "succeeded"])
-    server = Recorder(lambda r: httpx.Response(200, json={**JOB, "status": next(states)}))
+    server = Recorder(_no_events(lambda r: httpx.Response(200, json={**JOB, "status": next(states)})))
     seen: list[str] = []
     with server.client() as client:
         job = client.wait_job("job_1", on_update=lambda j: seen.append(j["status"]))
     assert job["status"] == "succeeded" and seen == ["queued", "running", "running", "succeeded"]
     assert len(server.sleeps) == 3 and server.sleeps == sorted(server.sleeps)
+    assert server.requests[0].url.path == "/v1/jobs/job_1/events"
 
 
 def test_wait_job_gives_up_after_the_timeout() -> None:
-    server = Recorder(httpx.Response(200, json={**JOB, "status": "running"}))
+    server = Recorder(_no_events(lambda r: httpx.Response(200, json={**JOB, "status": "running"})))
     with server.client() as client, pytest.raises(WaitTimeout, match="still running"):
         client.wait_job("job_1", timeout=0.0)
+
+
+def _sse(*events: tuple[str, dict[str, Any]]) -> str:
+    return "retry: 2000\n\n: keep-alive\n\n" + "".join(
+        f"id: {i}\nevent: {name}\ndata: {json.dumps(data)}\n\n" for i, (name, data) in enumerate(events)
+    )
+
+
+def test_wait_job_follows_the_live_events_then_reads_the_job_once() -> None:
+    stream = _sse(
+        ("status", {"id": "job_1", "status": "running", "progress": None}),
+        ("progress", {"id": "job_1", "status": "running", "progress": {"fraction": 0.5, "stage": "pgd"}}),
+        ("end", {"id": "job_1", "status": "succeeded", "error": None, "links": {}}),
+    )
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            return httpx.Response(200, text=stream, headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json={**JOB, "status": "succeeded", "result": {"ok": 1}})
+
+    server = Recorder(answer)
+    seen: list[tuple[str, object]] = []
+    with server.client() as client:
+        job = client.wait_job("job_1", on_update=lambda j: seen.append((j["status"], j.get("progress"))))
+    assert job["result"] == {"ok": 1}
+    assert seen == [("running", None), ("running", {"fraction": 0.5, "stage": "pgd"}), ("succeeded", None)]
+    assert [r.url.path for r in server.requests] == ["/v1/jobs/job_1/events", "/v1/jobs/job_1"]
+    assert server.sleeps == []
+
+
+def test_a_broken_event_stream_falls_back_to_polling() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            raise httpx.ReadError("cut")
+        return httpx.Response(200, json={**JOB, "status": "cancelled"})
+
+    server = Recorder(answer)
+    with server.client() as client:
+        assert client.wait_job("job_1")["status"] == "cancelled"
 
 
 def test_download_streams_to_the_file_and_leaves_no_partial(tmp_path: Path) -> None:

@@ -114,3 +114,28 @@ def test_the_streamed_summary_refuses_what_loading_refuses(tmp_path: Path) -> No
             load_npz(tmp_path / name)
         with pytest.raises(DatasetError, match=words):
             summarize_npz(tmp_path / name)
+
+
+def test_builtins_are_delivered_in_the_input_range_and_uploads_as_they_are() -> None:
+    from service.domain.datasets import ArrayDataset, in_input_range, load_builtin
+
+    digits = load_builtin("builtin:digits:test")
+    assert digits.unit_range and float(digits.x.min()) == 0.0 and float(digits.x.max()) == 1.0
+    scaled = in_input_range(digits, (0.0, 255.0))
+    assert np.allclose(scaled.x, digits.x * 255.0) and scaled.sha256 == digits.sha256
+    assert np.allclose(in_input_range(digits.take(5), (-1.0, 1.0)).x, digits.x[:5] * 2 - 1)
+    assert in_input_range(digits, (0.0, 1.0)) is digits
+    upload = ArrayDataset(digits.x, digits.y, "u" * 64, "dst_x")
+    assert in_input_range(upload, (0.0, 255.0)) is upload
+
+
+def test_value_range_rules() -> None:
+    from service.domain.datasets import range_error, range_warning
+
+    assert range_error(0.0, 1.0, (0.0, 1.0)) is None
+    assert "outside input_range [0, 1]" in str(range_error(0.0, 255.0, (0.0, 1.0)))
+    assert "outside" in str(range_error(-0.5, 0.5, (0.0, 1.0)))
+    warning = range_warning(0.0, 1.0, (0.0, 255.0))  # [0, 1] images for a [0, 255] model: 0.4%
+    assert warning is not None and "0.4% of input_range [0, 255]" in warning
+    assert range_warning(0.0, 0.05, (0.0, 1.0)) is None  # exactly 5%: enough
+    assert range_warning(0.2, 0.24, (0.0, 1.0)) is not None

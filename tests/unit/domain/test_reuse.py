@@ -148,8 +148,8 @@ def test_results_from_before_the_autoattack_engine_are_not_served(monkeypatch: p
     options = EvaluationOptions.model_validate({"attacks": ATTACKS})
     base = {"model_sha256": "a" * 64, "model_output": "logits", "dataset_sha256": "b" * 64}
     now = evaluation_cache_key(options, **base)
-    assert reuse.KEY_VERSION >= 2  # 2: the engine of issue 13 (autoattack, stage arrays)
-    monkeypatch.setattr(reuse, "KEY_VERSION", 1)
+    assert reuse.KEY_VERSION >= 3  # 3: the engine of issue 13 (autoattack, stage arrays)
+    monkeypatch.setattr(reuse, "KEY_VERSION", 2)
     assert evaluation_cache_key(options, **base) != now
 
 

@@ -66,7 +66,7 @@ def _differences(store: JobStore) -> list[Any]:
 def test_the_migrations_form_one_line_from_the_baseline() -> None:
     script = ScriptDirectory.from_config(migrations.alembic_config())
     assert [r.revision for r in script.walk_revisions("base", "heads")][-1] == migrations.BASELINE
-    assert HEAD == "0003_job_changes"
+    assert HEAD == "0004_value_ranges"
 
 
 def test_a_new_database_goes_straight_to_head(store: JobStore) -> None:
@@ -209,3 +209,33 @@ def test_a_process_of_an_older_release_starts_on_a_database_a_newer_one_migrated
     assert _revision(store) == "9999_from_the_future"
     job, _ = store.create_job(owner="local", kind="evaluation", spec={})
     assert store.get_job(job.id).status == "queued"
+
+
+def test_the_value_range_migration_keeps_rows_and_downgrades(store: JobStore) -> None:
+    """0004: older datasets get no range (unknown, so the submission check skips them), models no warning;
+    new ones keep theirs; the downgrade drops the columns and keeps the rows."""
+    create_old_database(store.engine, "816b7be")
+    store.create_schema()
+    with store.engine.connect() as conn:
+        old = conn.execute(sa.text("SELECT min_value, max_value FROM datasets")).all()
+    assert old and all(row == (None, None) for row in old)
+    assert store.get_model("mdl_old").warnings is None
+    new, _ = store.add_dataset(
+        owner="local", name="d", sha256="d" * 64, size_bytes=1, num_samples=1, sample_shape=[1],
+        num_classes=2, min_value=-1.5, max_value=2.0,
+    )  # fmt: skip
+    warned, _ = store.add_model(
+        owner="local", name="m", sha256="e" * 64, format="keras", size_bytes=1, output="logits",
+        warnings=["worse than its upload"],
+    )  # fmt: skip
+    assert (store.get_dataset(new.id).min_value, store.get_dataset(new.id).max_value) == (-1.5, 2.0)
+    assert store.get_model(warned.id).warnings == ["worse than its upload"]
+    with store.engine.begin() as conn:
+        command.downgrade(migrations.alembic_config(conn), "0003_job_changes")
+    columns = _columns(store)
+    assert "min_value" not in columns["datasets"] and "warnings" not in columns["models"]
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM datasets")).scalar_one() == len(old) + 1
+    store.create_schema()
+    assert _revision(store) == HEAD and _differences(store) == []
+    assert store.get_dataset(new.id).min_value is None  # dropped by the downgrade, unknown again

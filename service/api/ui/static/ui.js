@@ -1,4 +1,4 @@
-// Parry UI: live status for the jobs page and for a running job's page (polling, no framework).
+// Parry UI: live status for the jobs page (polling) and a running job's page (live events, else polling).
 // Everything from the server goes into the page through textContent, never as HTML.
 "use strict";
 
@@ -89,7 +89,21 @@
     window.setTimeout(tick, POLL_MS);
   }
 
+  function showJob(box, job) {
+    const bar = box.querySelector("progress");
+    const value = percent(job.progress);
+    if (bar && value !== null) bar.value = value;
+    const status = box.querySelector(".status");
+    if (status) {
+      status.textContent = job.status;
+      status.className = "status status-" + job.status;
+    }
+    const note = box.querySelector(".progress-note");
+    if (note) note.textContent = (value !== null ? value + "% " : "") + progressText(job);
+  }
+
   function pollJob(box) {
+    box.dataset.live = "polling";
     async function tick() {
       try {
         const job = await fetchJson(box.dataset.poll);
@@ -98,16 +112,7 @@
           window.location.reload();
           return;
         }
-        const bar = box.querySelector("progress");
-        const value = percent(job.progress);
-        if (bar && value !== null) bar.value = value;
-        const status = box.querySelector(".status");
-        if (status) {
-          status.textContent = job.status;
-          status.className = "status status-" + job.status;
-        }
-        const note = box.querySelector(".progress-note");
-        if (note) note.textContent = (value !== null ? value + "% " : "") + progressText(job);
+        showJob(box, job);
       } catch (err) {
         // A missed poll is retried; the page stays as it was.
       }
@@ -116,13 +121,42 @@
     window.setTimeout(tick, POLL_MS);
   }
 
+  // Live events (Server-Sent Events) while the server offers them; polling when it does not (or stops).
+  function followJob(box) {
+    if (!window.EventSource || !box.dataset.events) {
+      pollJob(box);
+      return;
+    }
+    const source = new EventSource(box.dataset.events);
+    let ended = false;
+    source.addEventListener("open", function () {
+      box.dataset.live = "events";
+    });
+    function show(event) {
+      const job = JSON.parse(event.data);
+      if (!TERMINAL.has(job.status)) showJob(box, job);
+    }
+    source.addEventListener("status", show);
+    source.addEventListener("progress", show);
+    source.addEventListener("end", function () {
+      ended = true;
+      source.close();
+      window.location.reload();
+    });
+    source.addEventListener("error", function () {
+      // The browser reconnects by itself after a dropped stream; a refused one (CLOSED) is not retried.
+      if (!ended && source.readyState === EventSource.CLOSED) pollJob(box);
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     const table = document.querySelector("table[data-poll]");
     if (table) pollList(table);
     const box = document.querySelector("[data-poll-job]");
     if (box) {
       box.dataset.poll = box.dataset.pollJob;
-      pollJob(box);
+      box.dataset.events = box.dataset.pollJob + "/events";
+      followJob(box);
     }
   });
 })();

@@ -52,6 +52,29 @@ def test_heartbeat_stops_on_store_answer_and_on_time_limit(wait_until: Callable[
     assert hb.stop_reason == "time_limit"
 
 
+def test_a_silent_job_learns_of_its_cancel_from_the_poll_not_the_next_renewal(
+    wait_until: Callable[..., None],
+) -> None:
+    # The model makes no progress (a hang): nothing is written until the renewal an hour away, but the
+    # cheap poll between beats still turns a cancel into a stop.
+    cancelled = threading.Event()
+    reports: list[Progress] = []
+
+    def report(progress: Progress) -> bool:
+        reports.append(progress)
+        return True
+
+    with Heartbeat(
+        report, poll=cancelled.is_set, time_limit_s=60, min_interval_s=0.05, renew_every_s=3600
+    ) as hb:
+        time.sleep(0.2)
+        assert not hb.should_stop()
+        cancelled.set()
+        wait_until(hb.should_stop, timeout=30)
+    assert hb.stop_reason == "stop_requested"
+    assert [p.stage for p in reports] == ["starting"]  # the first beat's write, then nothing
+
+
 def test_heartbeat_stops_when_the_worker_shuts_down() -> None:
     try:
         with Heartbeat(lambda _p: True, time_limit_s=60) as hb:

@@ -286,7 +286,8 @@ def test_resume_continues_from_the_checkpoint_and_ends_identical(
         np.array_equal(a, b) for a, b in zip(weights(again_model), weights(straight_model), strict=True)
     )
 
-    # Stop during epoch 2 (after epoch 1's 6 batches and 1 validation batch, then 3 batches of epoch 2).
+    # Stop during epoch 2 (after the uploaded model's validation batch, epoch 1's 6 batches and 1
+    # validation batch, then 3 batches of epoch 2).
     with pytest.raises(TrainingCancelled):
         train(
             fresh(model_files),
@@ -294,7 +295,7 @@ def test_resume_continues_from_the_checkpoint_and_ends_identical(
             val_small,
             spec,
             checkpoint_dir=tmp_path / "c",
-            should_stop=StopAfter(11),
+            should_stop=StopAfter(12),
         )
     saved = ckpt.load(tmp_path / "c")
     assert saved is not None and (saved.state.epoch, saved.state.batch) == (1, 3)
@@ -304,7 +305,7 @@ def test_resume_continues_from_the_checkpoint_and_ends_identical(
     counter = StopAfter(10**9)
     resumed = train(resumed_model, data, val_small, spec, checkpoint_dir=tmp_path / "c", should_stop=counter)
     assert resumed.result.resumed
-    # Epoch 1 and the first 3 batches of epoch 2 were not redone: 3 + 1 + 6 + 1 checks remain.
+    # Epoch 0's check, epoch 1 and the first 3 batches of epoch 2 were not redone: 3 + 1 + 6 + 1 remain.
     assert counter.calls == 11
     assert history_without_time(resumed) == history_without_time(straight)
     assert all(
@@ -341,7 +342,7 @@ def test_cancel_mid_epoch_stops_within_a_batch(
             val_small,
             TINY,
             checkpoint_dir=tmp_path,
-            should_stop=StopAfter(3),
+            should_stop=StopAfter(4),
             progress=progress.append,
         )
     saved = ckpt.load(tmp_path)
@@ -444,7 +445,7 @@ def test_a_non_finite_loss_fails_with_a_sentence(
     kernel = model.keras_model.layers[-1].kernel
     kernel.assign(np.full(kernel.shape, np.nan, np.float32))  # what a diverged upload or step leaves
     spec = TrainingOptions(method="fgsm-rs", eps=0.1, epochs=1, batch_size=50)
-    with pytest.raises(TrainingError, match="loss became nan at epoch 1, batch 1; lower learning_rate"):
+    with pytest.raises(TrainingError, match="loss became nan at epoch 1, batch 1, and no epoch beat"):
         train(model, val_small, val_small, spec, checkpoint_dir=tmp_path)
 
 
@@ -552,3 +553,81 @@ def test_split_validation_is_a_seeded_disjoint_hold_out(val_small: ArrayDataset)
     again = split_validation(val_small, fraction=0.1, seed=3)[1]
     assert np.array_equal(again.x, held.x) and again.sha256 == held.sha256 != part.sha256
     assert not np.array_equal(split_validation(val_small, fraction=0.1, seed=4)[1].y, held.y)
+
+
+# Divergence: the issue's case, and the rules
+
+
+def test_a_collapsing_training_fails_and_names_the_cause(
+    model_files: dict[str, Path], train_small: ArrayDataset, val_small: ArrayDataset, tmp_path: Path
+) -> None:
+    """fgsm-rs with a constant learning rate of 0.01 takes the clean CNN to one class within epoch 1."""
+    spec = TrainingOptions(
+        method="fgsm-rs",
+        eps=0.3,
+        epochs=2,
+        batch_size=100,
+        learning_rate=0.01,
+        eps_ramp_epochs=0,
+        validation_samples=200,
+    )
+    with pytest.raises(TrainingError) as caught:
+        train(fresh(model_files), train_small, val_small, spec, checkpoint_dir=tmp_path)
+    message = str(caught.value)
+    assert "diverged: clean accuracy" in message, message
+    assert "at epoch 1" in message  # caught in the first epoch (within it, when at chance)
+    assert "no epoch beat the uploaded model" in message and "lower learning_rate (it was 0.01" in message
+
+
+def test_a_divergence_after_a_good_epoch_rolls_back_and_succeeds(
+    model_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The trainer's reaction to a divergence once an epoch beat the uploaded model (synthetic history)."""
+    model = fresh(model_files)
+    trainer = AdversarialTrainer(model, TINY, checkpoint_dir=tmp_path)
+    best = [w + 1.0 for w in trainer._weights()]
+    state = RunState("x", history=[record(1, 0.3), record(2, 0.6)], uploaded={"clean": 0.95, "robust": 0.1})
+    state.best_file = ckpt.save_best(tmp_path, 2, best)
+    trainer._diverged(state, "the training loss became nan at epoch 3, batch 4", epochs=2)
+    assert state.rolled_back and state.finished and state.kept == 1
+    assert all(np.array_equal(a, b) for a, b in zip(trainer._weights(), best, strict=True))
+    assert "rolled back to epoch 2" in state.notes[0] and "loss became nan" in state.notes[0]
+    worse = RunState("y", history=[record(1, 0.05)], uploaded={"clean": 0.95, "robust": 0.1})
+    worse.best_file = ckpt.save_best(tmp_path, 1, best)
+    with pytest.raises(TrainingError, match="no epoch beat the uploaded model"):
+        trainer._diverged(worse, "clean accuracy fell to 9.0%, chance level at epoch 2", epochs=1)
+
+
+def test_divergence_rules() -> None:
+    from workers.training import divergence as d
+
+    labels = np.array([0] * 30 + [1] * 10 + [2] * 10)
+    assert d.chance_level(labels) == pytest.approx(0.6)
+    assert d.loss_problem(float("nan"), 0.5) == "the training loss became nan"
+    assert d.loss_problem(float("inf"), None) == "the training loss became inf"
+    assert d.loss_problem(2.0, 0.3) is None  # a loss rising while eps ramps up
+    assert "exploded to 100" in str(d.loss_problem(100.0, 0.3))
+    uploaded = d.Check(0.95, 0.2)
+    assert "chance level" in str(
+        d.check_problem(d.Check(0.08, 0.0), uploaded=uploaded, best=uploaded, chance=0.1)
+    )
+    # A model that starts at chance (trained from scratch) may stay there for a while.
+    fresh_model = d.Check(0.1, 0.0)
+    assert d.check_problem(d.Check(0.1, 0.0), uploaded=fresh_model, best=fresh_model, chance=0.1) is None
+    best = d.Check(0.9, 0.6)
+    both = d.check_problem(d.Check(0.4, 0.26), uploaded=uploaded, best=best, chance=0.1)
+    assert both is not None and "both collapsed" in both
+    assert (
+        d.check_problem(d.Check(0.85, 0.2), uploaded=uploaded, best=best, chance=0.1) is None
+    )  # robust only
+    # Two classes left (about 20% clean) and no robustness: collapsed, though not quite at chance.
+    clean_model = d.Check(0.96, 0.005)
+    two = d.check_problem(d.Check(0.22, 0.0), uploaded=clean_model, best=clean_model, chance=0.1)
+    assert two is not None and "collapsed from 96.0% to 22.0% with no robustness gained" in two
+    # The usual trade of adversarial training: some clean accuracy for robust accuracy.
+    assert d.check_problem(d.Check(0.45, 0.3), uploaded=clean_model, best=clean_model, chance=0.1) is None
+    # A binary task: chance is 50%, and 52% is at it.
+    assert d.at_chance(0.52, 0.5) and not d.at_chance(0.7, 0.5)
+    assert d.beats(d.Check(0.9, 0.3), uploaded) and not d.beats(d.Check(0.99, 0.2), uploaded)
+    assert d.worse_on_both(d.Check(0.9, 0.1), uploaded) and not d.worse_on_both(d.Check(0.96, 0.1), uploaded)
+    assert "onecycle" in d.hint(0.01, "constant") and "onecycle" not in d.hint(0.01, "cosine")

@@ -249,3 +249,33 @@ def test_a_training_whose_artifacts_cannot_be_written_fails_and_registers_no_mod
     assert str(ctx.settings.data_dir) not in job.error["detail"]  # no absolute server path
     assert job.result is None
     assert {m.id for m in ctx.store.list_models("o")} == models_before
+
+
+def test_a_training_warning_reaches_the_job_and_the_registered_model(
+    ctx: WorkerContext, digits_keras: Path, tmp_path: Path
+) -> None:
+    """Data in [0, 1] trained with input_range [0, 255] uses 0.4% of it: the job and the model say so."""
+    model_id = _ready_model(ctx, digits_keras)
+    digits = load_builtin("builtin:digits:train")
+    path = tmp_path / "digits01.npz"
+    np.savez(path, x=digits.x, y=digits.y)
+    blob = ctx.artifacts.put_file(path)
+    dataset, _ = ctx.store.add_dataset(
+        owner="o", name="digits01", sha256=blob.sha256, size_bytes=blob.size_bytes,
+        num_samples=digits.num_samples, sample_shape=[8, 8, 1], num_classes=10, min_value=0.0, max_value=1.0,
+    )  # fmt: skip
+    job_id = _job(
+        ctx,
+        model_id,
+        dataset_id=dataset.id,
+        validation_dataset_id=dataset.id,
+        input_range=[0, 255],
+        evaluate=[],
+    )
+    assert training_jobs.run_training(ctx, job_id) == "succeeded", ctx.store.get_job(job_id).error
+    result = ctx.store.get_job(job_id).result
+    assert result is not None
+    [warning, *_] = result["warnings"]
+    assert warning.startswith("training data: ") and "0.4% of input_range [0, 255]" in warning
+    assert warning in result["notes"]
+    assert ctx.store.get_model(result["model_id"]).warnings == result["warnings"]
