@@ -6,7 +6,9 @@ stops a sample at its first misclassified candidate; `advance` draws the next ca
 point. No gradient is ever taken, so it also runs on models whose gradient is useless or unavailable.
 
 Unlike the reference implementations, which draw one square position per batch, every sample draws its
-own position each step (the same cost, and samples do not share their luck).
+own position each step (the same cost, and samples do not share their luck). Draws are made per batch,
+so when fooled samples leave it the survivors' random stream changes (as in the references, which index
+the survivors): the result is reproducible by seed, and early exit changes the draws, not their law.
 """
 
 from __future__ import annotations
