@@ -14,7 +14,6 @@ the survivors): the result is reproducible by seed, and early exit changes the d
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import numpy as np
 import tensorflow as tf
@@ -57,8 +56,6 @@ class Square(IterativeAttack):
 
     name = "square"
     uses_gradient = False
-    # Forward-only steps trace fast; longer chunks mean fewer calls from Python over thousands of queries.
-    chunk_length: ClassVar[int] = 25
 
     def __init__(
         self,

@@ -48,7 +48,7 @@ def test_apgd_with_fields_and_defaults() -> None:
 
 def test_unknown_attack_lists_every_known_one_from_the_spec_union() -> None:
     with pytest.raises(AttackSyntaxError) as caught:
-        parse_attack("square:eps=0.1")
+        parse_attack("deepfool:eps=0.1")
     assert all(name in str(caught.value) for name in ATTACK_NAMES)
     assert {"fgsm", "pgd", "apgd-ce", "apgd-dlr"} <= set(ATTACK_NAMES)
 
