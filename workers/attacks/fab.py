@@ -72,7 +72,8 @@ class FABT(TargetSweep):
         )  # fmt: skip
         self.n_target_classes = n_target_classes
         self.alpha_max, self.eta, self.beta = alpha_max, eta, beta
-        self.norm.boundary_rate(tf.ones(1))  # fails now, with the norm's name, if it has no projection
+        if type(self.norm).boundary_rate is Norm.boundary_rate:
+            raise ValueError(f"fab-t runs in L-inf or L2, not {self.norm.name} (no boundary projection)")
 
     @classmethod
     def from_spec(cls, spec: AttackSpecBase) -> FABT:

@@ -93,8 +93,6 @@ class IterativeAttack(Attack):
     uses_gradient: ClassVar[bool] = True
     # False: iterates stay in the input range only, and a success counts once it is inside the eps ball.
     iterates_in_ball: ClassVar[bool] = True
-    # Model evaluations per compiled chunk (divided among the EOT draws).
-    chunk_length: ClassVar[int] = CHUNK_STEPS
 
     def __init__(
         self,
@@ -309,7 +307,7 @@ class IterativeAttack(Attack):
 
     def _loop(self, model: LoadedModel, bounds: tuple[float, float]) -> _Loop:
         """Graphs for the start, a chunk of steps (and a shorter last chunk), and the scoring pass."""
-        length = max(1, self.chunk_length // self.eot_iter)
+        length = max(1, CHUNK_STEPS // self.eot_iter)  # the EOT draws share a chunk's model evaluations
         chunks = [length] * (self.steps // length) + [self.steps % length]
         chunks = [steps for steps in chunks if steps]
         batch = tf.TensorSpec((None, *model.input_shape), tf.float32)
