@@ -7,6 +7,7 @@ This module imports neither FastAPI nor TensorFlow: workers and the CLI use it t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
@@ -112,12 +113,18 @@ class PGDSpec(AttackSpecBase):
 class _APGDSpec(AttackSpecBase):
     """Auto-PGD (Croce & Hein, 2020): PGD with momentum and a step size that halves at checkpoints."""
 
-    loss_name: ClassVar[str]
     steps: int = Field(default=100, ge=1, le=10_000, description="Gradient steps per restart.")
     restarts: int = Field(default=1, ge=1, le=100, description="Random starts; each sample keeps its worst.")
+    eot_iter: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="Expectation over Transformation: gradients averaged over this many draws per step, "
+        "for stochastic models (AutoAttack's rand version uses 20); each draw is a forward+backward pass.",
+    )
 
     def gradient_steps(self) -> int:
-        return self.steps * self.restarts
+        return self.steps * self.restarts * self.eot_iter
 
     @classmethod
     def label_of(cls, fields: Mapping[str, Any]) -> str:
@@ -125,7 +132,33 @@ class _APGDSpec(AttackSpecBase):
         restarts = int(cls._default(fields, "restarts"))
         if restarts > 1:
             label += f"×{restarts}"
+        eot = int(cls._default(fields, "eot_iter"))
+        if eot > 1:
+            label += f" eot{eot}"
         return label + (" (targeted)" if fields.get("targeted") else "")
+
+
+class _UntargetedSpec(AttackSpecBase):
+    """An attack that answers the untargeted question only (it may pick targets of its own)."""
+
+    untargeted_reason: ClassVar[str]
+
+    @model_validator(mode="after")
+    def _untargeted(self) -> _UntargetedSpec:
+        if self.targeted:
+            raise ValueError(f"{self.name} is untargeted only: {self.untargeted_reason}")
+        return self
+
+
+# AutoAttack's default for APGD-T and FAB-T; capped at the model's classes - 1 when the attack runs.
+DEFAULT_TARGET_CLASSES = 9
+TARGET_CLASSES = Field(
+    default=DEFAULT_TARGET_CLASSES,
+    ge=1,
+    le=1000,
+    description="Classes of highest clean logit (other than the label) tried as targets, one full run "
+    "each on the samples still robust; capped at the model's classes - 1.",
+)
 
 
 class APGDCESpec(_APGDSpec):
@@ -147,6 +180,94 @@ class APGDDLRSpec(_APGDSpec):
                 "use apgd-ce with targeted: true"
             )
         return self
+
+
+class APGDTSpec(_APGDSpec, _UntargetedSpec):
+    """Targeted APGD on the targeted DLR loss over the top-k classes (Croce & Hein, 2020): a success is any
+    class but the label; 3 classes or more."""
+
+    name: Literal["apgd-t"] = "apgd-t"
+    untargeted_reason: ClassVar[str] = (
+        "it runs one targeted attack per top class itself (n_target_classes) and counts any wrong class"
+    )
+    n_target_classes: int = TARGET_CLASSES
+
+    def gradient_steps(self) -> int:
+        return super().gradient_steps() * self.n_target_classes
+
+    @classmethod
+    def label_of(cls, fields: Mapping[str, Any]) -> str:
+        label = super().label_of(fields)
+        targets = int(cls._default(fields, "n_target_classes"))
+        return label if targets == DEFAULT_TARGET_CLASSES else f"{label} top{targets}"
+
+
+class FABTSpec(_UntargetedSpec):
+    """Targeted FAB (Croce & Hein, 2020, fast adaptive boundary attack) over the top-k classes, in L-inf or
+    L2: minimally distorted adversarials, of which those inside eps count."""
+
+    name: Literal["fab-t"] = "fab-t"
+    untargeted_reason: ClassVar[str] = (
+        "it runs one targeted attack per top class itself (n_target_classes) and counts any wrong class"
+    )
+    steps: int = Field(default=100, ge=1, le=10_000, description="Iterations per target class and restart.")
+    n_target_classes: int = TARGET_CLASSES
+    restarts: int = Field(
+        default=1, ge=1, le=100, description="Starts per target class; the first from the clean input."
+    )
+    alpha_max: float = Field(
+        default=0.1, ge=0, le=1, description="Largest weight of the step from the input."
+    )
+    eta: float = Field(default=1.05, ge=1, le=10, allow_inf_nan=False, description="Overshoot of each step.")
+    beta: float = Field(
+        default=0.9, gt=0, lt=1, description="Backward step towards the input after a success."
+    )
+
+    def gradient_steps(self) -> int:
+        return self.steps * self.n_target_classes * self.restarts
+
+    @classmethod
+    def label_of(cls, fields: Mapping[str, Any]) -> str:
+        label = f"fab-t-{cls._default(fields, 'steps')}"
+        restarts = int(cls._default(fields, "restarts"))
+        if restarts > 1:
+            label += f"×{restarts}"
+        targets = int(cls._default(fields, "n_target_classes"))
+        return label if targets == DEFAULT_TARGET_CLASSES else f"{label} top{targets}"
+
+
+# A forward pass costs about a third of a forward+backward pass (the backward pass is about twice the
+# forward), so a score-based attack's queries count as gradient steps at that rate in the job-size cap.
+QUERIES_PER_GRADIENT_STEP = 3
+
+
+class SquareSpec(_UntargetedSpec):
+    """Square Attack (Andriushchenko et al., 2020): score-based black box on the logit margin, in L-inf or
+    L2; it uses the model's outputs only, no gradient."""
+
+    name: Literal["square"] = "square"
+    untargeted_reason: ClassVar[str] = "the margin loss it implements is the untargeted one"
+    n_queries: int = Field(
+        default=5000, ge=1, le=100_000, description="Model queries per sample and restart (AutoAttack: 5000)."
+    )
+    p_init: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="Initial fraction of the image a square covers (then halved on the published schedule).",
+    )
+    restarts: int = Field(default=1, ge=1, le=100)
+
+    def gradient_steps(self) -> int:
+        return math.ceil(self.n_queries * self.restarts / QUERIES_PER_GRADIENT_STEP)
+
+    @classmethod
+    def label_of(cls, fields: Mapping[str, Any]) -> str:
+        label = f"square-{cls._default(fields, 'n_queries')}"
+        restarts = int(cls._default(fields, "restarts"))
+        return label + (f"×{restarts}" if restarts > 1 else "")
+
+
 
 
 AutoAttackVersion = Literal["standard", "fast", "rand"]
@@ -230,7 +351,9 @@ def available_autoattack_versions() -> list[str]:
 
 
 # Adding an attack: its spec class above, and one entry in this union.
-AttackSpecUnion = FGSMSpec | PGDSpec | APGDCESpec | APGDDLRSpec | AutoAttackSpec
+AttackSpecUnion = (
+    FGSMSpec | PGDSpec | APGDCESpec | APGDDLRSpec | APGDTSpec | FABTSpec | SquareSpec | AutoAttackSpec
+)
 AttackSpec = Annotated[AttackSpecUnion, Field(discriminator="name")]
 ATTACK_SPECS: dict[str, type[AttackSpecBase]] = {
     str(spec.model_fields["name"].default): spec for spec in get_args(AttackSpecUnion)

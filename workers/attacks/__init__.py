@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from service.domain.specs import AttackSpecBase
-from workers.attacks.apgd import APGD, APGDCE, APGDDLR
+from workers.attacks.apgd import APGD, APGDCE, APGDDLR, APGDT
 from workers.attacks.base import Attack, AttackNotApplicable, AttackOutput, derive_seed, random_targets
+from workers.attacks.fab import FABT
 from workers.attacks.fgsm import FGSM
 from workers.attacks.iterative import IterativeAttack, IterState
 from workers.attacks.norms import L1, L2, Linf, Norm, norm_for
 from workers.attacks.pgd import PGD
+from workers.attacks.square import Square
+from workers.attacks.targets import TargetSweep
 
 # Adding an attack: its module, its spec in service/domain/specs.py, and one line here.
 ATTACKS: dict[str, type[Attack]] = {
@@ -16,6 +19,9 @@ ATTACKS: dict[str, type[Attack]] = {
     PGD.name: PGD,
     APGDCE.name: APGDCE,
     APGDDLR.name: APGDDLR,
+    APGDT.name: APGDT,
+    FABT.name: FABT,
+    Square.name: Square,
 }
 
 
@@ -35,11 +41,15 @@ __all__ = [
     "APGD",
     "APGDCE",
     "APGDDLR",
+    "APGDT",
     "ATTACKS",
+    "FABT",
     "FGSM",
     "L1",
     "L2",
     "PGD",
+    "Square",
+    "TargetSweep",
     "Attack",
     "AttackNotApplicable",
     "AttackOutput",

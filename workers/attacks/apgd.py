@@ -8,11 +8,12 @@ from typing import ClassVar
 import numpy as np
 import tensorflow as tf
 
-from service.domain.specs import APGDCESpec, APGDDLRSpec, AttackSpecBase
+from service.domain.specs import DEFAULT_TARGET_CLASSES, APGDCESpec, APGDDLRSpec, APGDTSpec, AttackSpecBase
 from workers.attacks.base import expect_spec
 from workers.attacks.iterative import Extras, IterativeAttack, IterState
-from workers.attacks.losses import LossName
+from workers.attacks.losses import LossName, targeted_dlr
 from workers.attacks.norms import Norm, per_sample
+from workers.attacks.targets import TargetSweep
 
 # The paper's constants: momentum weight, the fraction of improving steps a window must reach, and the
 # checkpoint schedule p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06).
@@ -48,6 +49,8 @@ class APGD(IterativeAttack):
         loss: "ce" (APGD-CE) or "dlr" (APGD-DLR).
         norm, targeted, target: as for every attack (the DLR loss is untargeted only).
         early_stop: drop succeeded samples between chunks (same result, less work).
+        eot_iter: gradients averaged over this many draws per step (stochastic models; AutoAttack's
+            `rand` version uses 20).
     """
 
     name = "apgd"
@@ -65,11 +68,11 @@ class APGD(IterativeAttack):
         targeted: bool = False,
         target: int | None = None,
         early_stop: bool = True,
+        eot_iter: int = 1,
     ) -> None:
         super().__init__(
             steps=steps, random_start=True, restarts=restarts, loss=loss or self.loss_kind, norm=norm,
-            targeted=targeted,
-            target=target, early_stop=early_stop,
+            targeted=targeted, target=target, early_stop=early_stop, eot_iter=eot_iter,
         )  # fmt: skip
         # window[i] = w_j - w_{j-1} when i is the checkpoint w_j, else 0: looked up with the step's index
         # tensor, so every chunk of the same length shares one graph.
@@ -149,7 +152,7 @@ class APGDCE(APGD):
     """APGD on the cross-entropy, APGD-CE of Croce & Hein (2020); see `APGD`.
 
     Args:
-        steps, restarts, norm, targeted, target, early_stop: as for `APGD` (the loss is CE).
+        steps, restarts, norm, targeted, target, early_stop, eot_iter: as for `APGD` (the loss is CE).
     """
 
     name = "apgd-ce"
@@ -164,6 +167,7 @@ class APGDCE(APGD):
             norm=spec.norm,
             targeted=spec.targeted,
             target=spec.target,
+            eot_iter=spec.eot_iter,
         )
 
 
@@ -174,7 +178,7 @@ class APGDDLR(APGD):
     cross-entropy saturates; it is untargeted and needs at least three classes.
 
     Args:
-        steps, restarts, norm, early_stop: as for `APGD` (the loss is DLR).
+        steps, restarts, norm, early_stop, eot_iter: as for `APGD` (the loss is DLR).
     """
 
     name = "apgd-dlr"
@@ -183,4 +187,51 @@ class APGDDLR(APGD):
     @classmethod
     def from_spec(cls, spec: AttackSpecBase) -> APGDDLR:
         spec = expect_spec(spec, APGDDLRSpec)
-        return cls(steps=spec.steps, restarts=spec.restarts, norm=spec.norm)
+        return cls(steps=spec.steps, restarts=spec.restarts, norm=spec.norm, eot_iter=spec.eot_iter)
+
+
+class APGDT(TargetSweep, APGD):
+    """Targeted APGD on the targeted DLR loss over the top-k classes, APGD-T of Croce & Hein (2020).
+
+    For each of the `n_target_classes` classes of highest clean logit other than the label (at most the
+    model's classes - 1), a full APGD run maximises (z_t - z_y) / (z_pi1 - (z_pi3 + z_pi4) / 2) on the
+    samples no earlier target broke; each sample keeps its best point. Success is untargeted: any class
+    other than the label. Between runs, failures are compared on the untargeted DLR loss.
+
+    Args:
+        steps: gradient steps per target class and restart (100).
+        n_target_classes: how many target classes to try (AutoAttack's 9).
+        restarts, norm, early_stop, eot_iter: as for `APGD`.
+    """
+
+    name = "apgd-t"
+    loss_kind: ClassVar[LossName] = "dlr"
+
+    def __init__(
+        self,
+        *,
+        steps: int = 100,
+        n_target_classes: int = DEFAULT_TARGET_CLASSES,
+        restarts: int = 1,
+        norm: str | Norm = "linf",
+        early_stop: bool = True,
+        eot_iter: int = 1,
+    ) -> None:
+        if n_target_classes < 1:
+            raise ValueError(f"n_target_classes must be at least 1, not {n_target_classes}")
+        super().__init__(steps=steps, restarts=restarts, norm=norm, early_stop=early_stop, eot_iter=eot_iter)
+        self.n_target_classes = n_target_classes
+
+    @classmethod
+    def from_spec(cls, spec: AttackSpecBase) -> APGDT:
+        spec = expect_spec(spec, APGDTSpec)
+        return cls(
+            steps=spec.steps,
+            n_target_classes=spec.n_target_classes,
+            restarts=spec.restarts,
+            norm=spec.norm,
+            eot_iter=spec.eot_iter,
+        )
+
+    def step_objective(self, logits: tf.Tensor, goal: tf.Tensor, extra: Extras) -> tf.Tensor:
+        return targeted_dlr(logits, goal, self.target_of(extra))

@@ -25,6 +25,8 @@ from workers.attacks.norms import Norm, norm_for
 from workers.models.loading import LoadedModel
 
 Logits = Callable[[tf.Tensor], tf.Tensor]
+# What a compiled run answers: x_adv, pred, success, objective, forward and backward passes per sample.
+RunOutput = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class AttackNotApplicable(ValueError):
@@ -35,13 +37,13 @@ class AttackNotApplicable(ValueError):
 class CompiledAttack:
     """The traced graphs of one attack for one model and input range.
 
-    `run(x, goal, eps, step_size, seed, check=None)` returns (x_adv, pred, success, objective, steps) as
-    arrays, `steps` being the forward+backward passes each sample took before its scoring pass. `check`,
-    when given, is called between the graphs of an attack that runs several (the chunks of an iterative
-    attack).
+    `run(x, goal, eps, step_size, seed, check=None)` returns (x_adv, pred, success, objective, forward,
+    backward) as arrays, `forward` and `backward` being the passes each sample went through, its scoring
+    pass included (a black-box attack makes no backward pass). `check`, when given, is called between the
+    graphs of an attack that runs several (the chunks of an iterative attack).
     """
 
-    run: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    run: Callable[..., RunOutput]
     graphs: Sequence[Any]
 
     def tracing_count(self) -> int:
@@ -177,6 +179,10 @@ class Attack(ABC):
     def restarts(self) -> int:
         return 1
 
+    def max_passes(self) -> tuple[int, int]:
+        """(forward, backward) passes one sample can cost at most over the whole call, restarts included."""
+        return (self.gradient_steps + 1) * self.restarts, self.gradient_steps * self.restarts
+
     def step_size_for(self, eps: float) -> float:
         return eps
 
@@ -196,13 +202,20 @@ class Attack(ABC):
         return z, grad
 
     def objective_and_gradient(
-        self, logits: Logits, x: tf.Tensor, goal: tf.Tensor
+        self,
+        logits: Logits,
+        x: tf.Tensor,
+        goal: tf.Tensor,
+        objective: Callable[[tf.Tensor], tf.Tensor] | None = None,
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """Logits, per-sample objective and the gradient of the summed objective, all at `x`."""
+        """Logits, per-sample objective and the gradient of the summed objective, all at `x`.
+
+        `objective` maps logits to the per-sample values to differentiate; default `self.objective`.
+        """
         with tf.GradientTape() as tape:
             tape.watch(x)
             z = tf.cast(logits(x), tf.float32)
-            values = self.objective(z, goal)
+            values = self.objective(z, goal) if objective is None else objective(z)
             total = tf.reduce_sum(values)
         grad = tape.gradient(total, x)
         if grad is None:  # the model is not differentiable in its input at all
@@ -259,9 +272,10 @@ class Attack(ABC):
         # No autograph: the loop is plain Python, unrolled on purpose.
         compiled = tf.function(graph, input_signature=signature, autograph=False)
 
-        def run(*args: Any, check: Callable[[], None] | None = None) -> Any:
+        def run(*args: Any, check: Callable[[], None] | None = None) -> RunOutput:
             x_adv, pred, success, obj = (t.numpy() for t in compiled(*args))
-            return x_adv, pred, success, obj, np.full(pred.shape, self.gradient_steps, np.int64)
+            steps = np.full(pred.shape, self.gradient_steps, np.int64)
+            return x_adv, pred, success, obj, steps + 1, steps
 
         return CompiledAttack(run, [compiled])
 
@@ -307,11 +321,11 @@ class Attack(ABC):
             if check is not None and restart > 0:
                 check()
             seed_r = derive_seed(*seed_path, restart)
-            x_adv, pred, success, obj, steps = run(
+            x_adv, pred, success, obj, passes_f, passes_b = run(
                 x[active], goal[active], eps_t, step_t, seed_r, check=check
             )
-            forward += int(steps.sum()) + active.size  # plus one scoring pass per sample
-            backward += int(steps.sum())
+            forward += int(passes_f.sum())
+            backward += int(passes_b.sum())
             # Samples still active have only failed so far: a success or a higher loss replaces them.
             better = success | (obj > best_obj[active]) | (restart == 0)
             chosen = active[better]

@@ -36,6 +36,18 @@ def difference_of_logits_ratio(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tenso
     return margin(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
+def targeted_dlr(logits: tf.Tensor, labels: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+    """Croce & Hein's targeted DLR, (z_t - z_y) / (z_pi1 - (z_pi3 + z_pi4) / 2), per sample (maximised).
+
+    With three classes the fourth logit does not exist and z_pi3 stands in for it.
+    """
+    k = min(4, int(logits.shape[-1])) if logits.shape[-1] is not None else 4
+    top = tf.math.top_k(logits, k=k).values
+    z_label = tf.gather(logits, labels, batch_dims=1)
+    z_target = tf.gather(logits, targets, batch_dims=1)
+    return (z_target - z_label) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, k - 1]) + 1e-12)
+
+
 def objective(logits: tf.Tensor, goal: tf.Tensor, *, loss: LossName, targeted: bool) -> tf.Tensor:
     """What the attack maximises; `goal` is the true label, or the target class when targeted."""
     if loss == "dlr":

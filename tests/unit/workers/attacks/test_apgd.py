@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from service.domain.datasets import ArrayDataset
 from service.domain.specs import APGDCESpec, APGDDLRSpec, EvaluationOptions
-from workers.attacks import APGDCE, APGDDLR, PGD, AttackNotApplicable
+from workers.attacks import APGDCE, APGDDLR, PGD, AttackNotApplicable, attack_from_spec
 from workers.attacks.apgd import checkpoints
 from workers.evaluation.engine import EvaluationError, evaluate
 from workers.models.loading import LoadedModel, from_keras
@@ -137,3 +138,30 @@ def test_apgd_ce_runs_through_the_evaluation_engine(model: LoadedModel, samples:
         assert 0.0 <= row.robust_accuracy < result.clean_accuracy
         assert row.spec["steps"] == 10 and row.cost.backward_passes <= row.num_attacked * 10
     assert result.attacks[1].robust_accuracy <= result.attacks[0].robust_accuracy
+
+
+def test_eot_averages_the_gradient_over_draws(model: LoadedModel, samples: ArrayDataset) -> None:
+    x, y = samples.x[:50], samples.y[:50]
+    one = APGDCE(steps=10, early_stop=False)(model, x, y, eps=0.1, seed=5)
+    three = APGDCE(steps=10, early_stop=False, eot_iter=3)(model, x, y, eps=0.1, seed=5)
+    assert three.backward_passes == 3 * one.backward_passes == 3 * 50 * 10
+    # On a deterministic model every draw has the same gradient, so the attack does the same thing.
+    np.testing.assert_array_equal(three.success, one.success)
+    spec = APGDDLRSpec(eps=0.3, eot_iter=20)
+    assert spec.label() == "apgd-dlr-100 eot20" and spec.gradient_steps() == 2000
+    assert attack_from_spec(spec).gradient_steps == 2000
+
+
+def test_eot_on_a_stochastic_model_draws_afresh_each_time(model: LoadedModel, samples: ArrayDataset) -> None:
+    import tensorflow as tf
+
+    inner = model.logits
+    noisy = replace(model, logits=lambda x: inner(x + tf.random.normal(tf.shape(x), stddev=0.2)), cache={})
+    x, y = samples.x[:50], samples.y[:50]
+    averaged = APGDCE(steps=5, eot_iter=4, early_stop=False)
+    out = averaged(noisy, x, y, eps=0.1, seed=0)
+    assert out.backward_passes == 50 * 5 * 4
+    # The draws of one step are separate calls of the model, not one call reused.
+    graph = averaged.compiled(noisy, (0.0, 1.0)).graphs[1]
+    ops = graph.get_concrete_function().graph.get_operations()
+    assert sum(op.type == "RandomStandardNormal" for op in ops) >= 4

@@ -18,13 +18,17 @@ from service.domain.specs import (
     ATTACK_NAMES,
     ATTACK_SPECS,
     ENSEMBLE_NAMES,
+    QUERIES_PER_GRADIENT_STEP,
     APGDCESpec,
     APGDDLRSpec,
+    APGDTSpec,
     AttackSpecBase,
+    FABTSpec,
     FGSMSpec,
     PGDSpec,
+    SquareSpec,
 )
-from workers.attacks import ATTACKS, UnknownAttack, attack_from_spec
+from workers.attacks import ATTACKS, IterativeAttack, UnknownAttack, attack_from_spec
 from workers.evaluation.ensemble import ENSEMBLES
 from workers.models.loading import LoadedModel, from_keras
 
@@ -36,6 +40,9 @@ CONTRACT: dict[str, AttackSpecBase] = {
     "pgd": PGDSpec(eps=0.1, steps=12),
     "apgd-ce": APGDCESpec(eps=0.1, steps=12),
     "apgd-dlr": APGDDLRSpec(eps=0.1, steps=12),
+    "apgd-t": APGDTSpec(eps=0.1, steps=12, n_target_classes=3),
+    "fab-t": FABTSpec(eps=0.1, steps=12, n_target_classes=3),
+    "square": SquareSpec(eps=0.1, n_queries=60),
 }
 NORMS = {"linf": [0.05, 0.1, 0.2], "l2": [0.5, 1.0, 2.0]}
 CASES = [pytest.param(name, norm, id=f"{name}-{norm}") for name in CONTRACT for norm in NORMS]
@@ -58,7 +65,11 @@ def batch(mnist_test: ArrayDataset) -> tuple[np.ndarray, np.ndarray]:
 
 
 def counting(model: LoadedModel) -> tuple[LoadedModel, tf.Variable, tf.Variable]:
-    """The model with two counters in its graph: samples through its forward pass and through its gradient."""
+    """The model with two counters in its graph: samples through its forward pass and through its gradient.
+
+    The gradient counter counts in the backward pass itself, so an attack that never differentiates the
+    model leaves it at zero.
+    """
     forward = tf.Variable(0, dtype=tf.int64, trainable=False)
     backward = tf.Variable(0, dtype=tf.int64, trainable=False)
     inner = model.logits
@@ -143,6 +154,15 @@ def test_reported_cost_is_the_passes_the_model_made(
     out = attack(model, x, y, eps=NORMS[norm][1], seed=3)
     assert (out.forward_passes, out.backward_passes) == (int(forward.numpy()), int(backward.numpy()))
     assert out.queries == out.forward_passes
-    assert out.backward_passes <= N * attack.gradient_steps * attack.restarts  # the planned work bounds it
-    # One scoring pass per sample and run: restarts and early exit only ever drop samples.
-    assert N <= out.forward_passes - out.backward_passes <= N * attack.restarts
+    most_forward, most_backward = attack.max_passes()  # the planned work bounds it
+    assert out.forward_passes <= N * most_forward and out.backward_passes <= N * most_backward
+    assert out.forward_passes >= N  # every sample is scored at least once
+    if isinstance(attack, IterativeAttack) and not attack.uses_gradient:
+        assert out.backward_passes == 0
+    else:
+        # Restarts, target classes and early exit only ever drop samples: at least one scoring pass each.
+        assert out.forward_passes - out.backward_passes >= N
+    # The spec's estimate (the job-size cap) is the work in gradient steps, a forward pass alone counting
+    # a third of one; scoring and ranking passes are not in it, hence the slack.
+    work = out.backward_passes + (out.forward_passes - out.backward_passes) / QUERIES_PER_GRADIENT_STEP
+    assert work <= 1.1 * N * (spec or spec_for(name, norm)).gradient_steps() + 2 * N

@@ -88,3 +88,46 @@ def test_norms_are_found_by_name() -> None:
     )
     with pytest.raises(ValueError, match="known norms"):
         norm_for("l0")
+
+
+@pytest.mark.parametrize("norm", [Linf(), L2()], ids=["linf", "l2"])
+def test_boundary_step_is_the_smallest_step_onto_the_hyperplane_within_the_box(norm: Norm) -> None:
+    """FAB's projection against a solver: scipy's linear program (L-inf) or constrained least squares (L2)."""
+    from scipy.optimize import linprog, minimize
+
+    rng = np.random.default_rng(1)
+    n, d = 12, 8
+    t = rng.uniform(0, 1, size=(n, d)).astype(np.float32)
+    w = rng.normal(size=(n, d)).astype(np.float32)
+    w[0, :3] = 0.0  # coordinates the hyperplane ignores stay put
+    r = rng.normal(scale=0.6, size=n).astype(np.float32)
+    r[1] = 50.0  # out of the box's reach: every coordinate moves as far as it can
+    step = norm.boundary_step(tf.constant(t), tf.constant(w), tf.constant(r), 0.0, 1.0).numpy()
+    assert np.all(t + step >= -1e-6) and np.all(t + step <= 1 + 1e-6)
+    assert np.all(step[0, :3] == 0)
+    # How far w.d can go in r's direction within the box.
+    reach = np.where(np.sign(r)[:, None] * w > 0, 1 - t, t) * np.abs(w)
+    reach = reach.sum(axis=1)
+    feasible = np.abs(r) <= reach
+    assert feasible.sum() >= 6 and not feasible[1]
+    for i in np.flatnonzero(~feasible):
+        np.testing.assert_allclose(w[i] @ step[i], np.sign(r[i]) * reach[i], rtol=1e-5)
+    for i in np.flatnonzero(feasible):
+        np.testing.assert_allclose(w[i] @ step[i], r[i], atol=1e-5)
+        box = [(-float(ti), 1 - float(ti)) for ti in t[i]]
+        if isinstance(norm, Linf):
+            # minimise s subject to w.d = r, -s <= d_j <= s, the box: variables (d, s).
+            cost = np.r_[np.zeros(d), 1.0]
+            upper = np.r_[np.c_[np.eye(d), -np.ones(d)], np.c_[-np.eye(d), -np.ones(d)]]
+            solved = linprog(
+                cost, A_ub=upper, b_ub=np.zeros(2 * d), A_eq=np.r_[w[i], 0.0][None], b_eq=[r[i]],
+                bounds=[*box, (0, None)],
+            )  # fmt: skip
+            np.testing.assert_allclose(np.abs(step[i]).max(), solved.fun, rtol=1e-4, atol=1e-6)
+        else:
+            solved = minimize(
+                lambda v: float(v @ v), np.zeros(d), jac=lambda v: 2 * v, bounds=box, method="SLSQP",
+                constraints=[{"type": "eq", "fun": lambda v, i=i: float(w[i] @ v - r[i])}],
+                options={"ftol": 1e-12, "maxiter": 500},
+            )  # fmt: skip
+            np.testing.assert_allclose(step[i], solved.x, atol=1e-4)
