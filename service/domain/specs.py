@@ -268,8 +268,6 @@ class SquareSpec(_UntargetedSpec):
         return label + (f"×{restarts}" if restarts > 1 else "")
 
 
-
-
 AutoAttackVersion = Literal["standard", "fast", "rand"]
 
 # AutoAttack's versions as data: each stage is an attack spec's fields (the ensemble adds its eps and norm),
