@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from service.domain.jobs import ErrorType
 from service.domain.messages import without_server_paths
 from service.domain.tasks import VALIDATE_MODEL
 from service.errors import NotFound
@@ -75,7 +76,7 @@ def validate_model(ctx: WorkerContext, model_id: str) -> str | None:
     except (ChildTimedOut, ChildDied) as exc:
         return _reject(ctx, model_id, who, f"{exc}, so the model is rejected")
     except ChildError as exc:
-        if exc.kind.value == "ModelLoadError":
+        if exc.kind == ErrorType.MODEL_LOAD_ERROR:
             return _reject(ctx, model_id, who, without_server_paths(str(exc)))
         log.error("%s: unexpected error while loading: %s", who, exc)
         return _reject(

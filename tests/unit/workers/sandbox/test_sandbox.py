@@ -107,7 +107,7 @@ def test_cancelling_a_hanging_job_kills_its_child(
     assert not _no_child_left(ctx)
 
 
-def test_a_child_over_its_memory_limit_fails_the_job_and_the_worker_lives(
+def test_a_model_whose_child_runs_out_of_memory_is_rejected_and_the_worker_lives(
     tmp_path: Path, digits_keras: Path
 ) -> None:
     settings = Settings(data_dir=tmp_path, redis_url="redis://unused", sandbox_memory_limit_bytes=300 * 2**20)
