@@ -140,6 +140,7 @@ def art_rows(
 ) -> tuple[list[tuple[str, float, float, str]], np.ndarray]:
     """ART's rows as (label, robust accuracy, seconds, note) and the per-sample worst case over them."""
     from art.attacks.evasion import AutoProjectedGradientDescent, ProjectedGradientDescent
+
     from tests.unit.workers.attacks.art_peer import (
         VectorisedDLR,
         classifier,
