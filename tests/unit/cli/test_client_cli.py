@@ -84,6 +84,9 @@ def worker(api: Api, monkeypatch: pytest.MonkeyPatch) -> Worker:
         return ParryClient("http://testserver", transport=transport, sleep=worker.step, **kwargs)
 
     monkeypatch.setattr(ParryClient, "from_env", staticmethod(from_env))
+    # This fake worker moves only when the client sleeps between polls, so these tests take the polling
+    # path; a live event stream would wait for it forever (events: test_client.py, e2e/test_events.py).
+    monkeypatch.setattr(ParryClient, "follow_job", lambda self, job_id, timeout=None: iter(()))
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     for name in ("GITHUB_RUN_ID", "GITHUB_RUN_ATTEMPT", "GITHUB_JOB", "CI_PIPELINE_ID", "CI_JOB_NAME"):
         monkeypatch.delenv(name, raising=False)
