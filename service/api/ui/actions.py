@@ -23,10 +23,12 @@ from service.api.routes.models import OUTPUTS, register_model
 from service.api.ui.auth import UiOwnerDep, check_form, csrf_token
 from service.api.ui.presets import BY_KEY, PRESETS
 from service.api.ui.render import PAGE_HEADERS, render_new_page
-from service.api.uploads import receive_upload
+from service.api.uploads import Upload, receive_upload
 from service.domain import builtins as builtin_info
 from service.domain.specs import EvaluationSpec
 from service.errors import ServiceError
+from service.settings import Settings
+from service.store.artifacts import ArtifactStore
 from service.store.jobs import JobStore
 
 router = APIRouter(prefix="/ui", tags=["ui"], include_in_schema=False)
@@ -74,12 +76,7 @@ async def upload_model(
 ) -> Response:
     """The model upload form: the API's checks, then back to the forms with the new model selected."""
     try:
-        upload = await receive_upload(request, artifacts, max_bytes=settings.max_upload_bytes)
-        try:
-            check_form(request, upload.fields.get(CSRF_FIELD))
-        except BaseException:
-            upload.discard()
-            raise
+        upload = await _checked_upload(request, artifacts, settings)
         record, _ = await register_model(
             upload, store=store, artifacts=artifacts, enqueuer=enqueuer, settings=settings, owner=owner
         )
@@ -88,18 +85,24 @@ async def upload_model(
     return _see(f"/ui/new?added={quote(f'model {record.name} ({record.id})')}")
 
 
+async def _checked_upload(request: Request, artifacts: ArtifactStore, settings: Settings) -> Upload:
+    """The form's upload on disk, once its CSRF token is checked; discarded again when the check fails."""
+    upload = await receive_upload(request, artifacts, max_bytes=settings.max_upload_bytes)
+    try:
+        check_form(request, upload.fields.get(CSRF_FIELD))
+    except BaseException:
+        upload.discard()
+        raise
+    return upload
+
+
 @router.post("/datasets", response_class=HTMLResponse)
 async def upload_dataset(
     request: Request, store: JobStoreDep, artifacts: ArtifactsDep, settings: SettingsDep, owner: UiOwnerDep
 ) -> Response:
     """The dataset upload form."""
     try:
-        upload = await receive_upload(request, artifacts, max_bytes=settings.max_upload_bytes)
-        try:
-            check_form(request, upload.fields.get(CSRF_FIELD))
-        except BaseException:
-            upload.discard()
-            raise
+        upload = await _checked_upload(request, artifacts, settings)
         record, _ = await register_dataset(upload, store=store, artifacts=artifacts, owner=owner)
     except ServiceError as exc:
         return await run_in_threadpool(_refused, request, store, owner, exc)
