@@ -8,7 +8,8 @@ APGD-CE, APGD-DLR (a vectorised DLR; ART's own loops over the batch), targeted A
 classes on the samples the two before left robust, Square (`--art-square-iters`) and PGD-100 x 10, and the
 per-sample worst case of ART's rows. The ensemble's floor is the passes it reports times the measured cost
 of one compiled pass (forward+backward, or forward only) per sample at the evaluation's batch size.
-Prints tables; never passes or fails on time.
+`--models` also takes fgsm-rs-random (fgsm-rs with Wong et al.'s random start, 15 epochs) and trades (20
+epochs), the other training methods of bench/training.py. Prints tables; never passes or fails on time.
 
     python bench/strong.py [--samples 1000] [--models clean,fgsm-rs-previous,pgd-10,masked] [--eps 0.3]
         [--cache DIR] [--no-art] [--art-square-iters 1000] [--batch-size 250]
@@ -37,7 +38,13 @@ from tests.modelzoo import small_cnn, train_clean  # noqa: E402
 from workers.evaluation.engine import evaluate  # noqa: E402
 from workers.models.loading import from_keras  # noqa: E402
 
-RECIPES = {"fgsm-rs-previous": ("fgsm-rs:previous", 15), "pgd-10": ("pgd", 20)}
+# fgsm-rs (random start) and trades are the other training methods the bench README quotes figures for.
+RECIPES = {
+    "fgsm-rs-previous": ("fgsm-rs:previous", 15),
+    "pgd-10": ("pgd", 20),
+    "fgsm-rs-random": ("fgsm-rs", 15),
+    "trades": ("trades", 20),
+}
 # The strength target of issue 13: Parry's standard at most this far above ART's per-sample worst case.
 STRENGTH_SLACK = 0.003
 
@@ -130,8 +137,10 @@ def parry_rows(
         if version == "standard":
             robust = outcome.per_sample["worst_robust_linf_" + f"{eps:g}"]
     options = EvaluationOptions(attacks=[PGDSpec(eps=eps)], batch_size=batch)
-    pgd = evaluate(from_keras(keras_model), data, options).result.attacks[0]
-    rows.append(("Parry PGD-40 (sanity)", pgd.robust_accuracy, pgd.seconds, ""))
+    result = evaluate(from_keras(keras_model), data, options).result
+    pgd = result.attacks[0]
+    clean = f"clean {result.clean_accuracy:.1%}"
+    rows.append(("Parry PGD-40 (sanity)", pgd.robust_accuracy, pgd.seconds, clean))
     return rows, robust
 
 

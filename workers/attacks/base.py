@@ -57,6 +57,8 @@ class AttackOutput:
     `pred` and `success` come from a forward pass on `x_adv` itself; `objective` is the attack's loss there
     (higher is worse for the model). Passes and queries are summed over samples and restarts; a query is
     one sample's forward pass through the model (gradient attacks: equal to `forward_passes`).
+    `last_restart_broken` counts the samples only the last of several restarts fooled: when it is not
+    small, robust accuracy was still falling (the masking diagnostics report it).
     """
 
     x_adv: np.ndarray
@@ -67,6 +69,7 @@ class AttackOutput:
     forward_passes: int
     backward_passes: int
     queries: int
+    last_restart_broken: int = 0
 
 
 # The helpers below take the norm by name; the training methods (workers/training/methods.py) use them.
@@ -315,6 +318,7 @@ class Attack(ABC):
         run = self.compiled(model, input_range).run
         eps_t, step_t = np.float32(eps), np.float32(self.step_size_for(eps))
         active = np.arange(n)
+        last_broken = 0
         for restart in range(self.restarts):
             if active.size == 0:
                 break
@@ -332,7 +336,11 @@ class Attack(ABC):
             best_x[chosen], best_pred[chosen] = x_adv[better], pred[better]
             best_success[chosen], best_obj[chosen] = success[better], obj[better]
             active = active[~success]
-        return AttackOutput(best_x, best_pred, best_success, best_obj, goal, forward, backward, forward)
+            if restart == self.restarts - 1 and restart > 0:
+                last_broken = int(success.sum())
+        return AttackOutput(
+            best_x, best_pred, best_success, best_obj, goal, forward, backward, forward, last_broken
+        )
 
     def goals(
         self, y: np.ndarray, num_classes: int, seed: Sequence[int], targets: np.ndarray | None = None

@@ -96,10 +96,17 @@ def black_box_breaks_more(runs: Sequence[AttackRun], clean_correct: np.ndarray) 
 
 
 def last_restart_still_breaks(runs: Sequence[AttackRun], n: int) -> list[str]:
-    """An ensemble stage whose last restart still broke samples: robust accuracy had not settled."""
+    """An attack, or an ensemble stage, whose last restart still broke samples: robust accuracy had not
+    settled."""
     warnings = []
     for run in runs:
         if run.stages is None:
+            if run.last_restart_broken > _few(n):
+                warnings.append(
+                    f"at {run.spec.norm} eps={run.eps:g}, the last restart of {run.spec.label()} still broke "
+                    f"{run.last_restart_broken} of {n} samples: robust accuracy was still falling, so more "
+                    "restarts would likely find more"
+                )
             continue
         for spec, work in zip(stage_specs(run), run.stages, strict=True):
             if work.last_restart_broken > _few(n):

@@ -396,7 +396,7 @@ def _run_attack(
         linf[before], l2[before], broken_by[before] = carried.linf[before], carried.l2[before], -1
         if keeper is not None:
             keeper.carry_over(before)
-    forward = backward = queries = 0
+    forward = backward = queries = last_restart_broken = 0
     indices = np.flatnonzero(attacked)
     units = attack.gradient_steps * attack.restarts
     whole = batches is None  # a shard's tracker counts only the work of its own batches
@@ -446,6 +446,8 @@ def _run_attack(
             forward += out.forward_passes
             backward += out.backward_passes
             queries += out.queries
+            if not isinstance(out, EnsembleOutput):  # an ensemble counts it per stage
+                last_restart_broken += out.last_restart_broken
             if isinstance(out, EnsembleOutput) and stages is not None and broken_by is not None:
                 broken_by[chosen] = out.broken_by
                 for total, work in zip(stages, out.stages, strict=True):
@@ -456,7 +458,10 @@ def _run_attack(
     # Samples left out (clean-wrong, or targeted at their own label) still count in the expected work.
     tracker.advance(units * int(clean_correct.sum() - indices.size) if whole else 0.0, stage)
     seconds = time.perf_counter() - started
-    return run_for(forward=forward, backward=backward, seconds=seconds, queries=queries)
+    return run_for(
+        forward=forward, backward=backward, seconds=seconds, queries=queries,
+        last_restart_broken=last_restart_broken,
+    )  # fmt: skip
 
 
 def _versions() -> dict[str, str]:

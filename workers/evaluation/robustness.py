@@ -64,6 +64,7 @@ class AttackRun:
     stages: list[StageWork] | None = None
     broken_by: np.ndarray | None = None
     cumulative: bool = False
+    last_restart_broken: int = 0  # samples only the last of several restarts fooled (not an ensemble's)
 
 
 def _robust(run: AttackRun, clean_correct: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ def run_arrays(run: AttackRun, i: int) -> dict[str, np.ndarray]:
         f"passes_{i}": np.array([run.forward, run.backward, -1 if run.queries is None else run.queries]),
         f"seconds_{i}": np.array(run.seconds),
         f"cumulative_{i}": np.array(run.cumulative),
+        f"last_restart_broken_{i}": np.array(run.last_restart_broken),
     }
     if run.stages is not None and run.broken_by is not None:
         arrays[f"broken_by_{i}"] = run.broken_by
@@ -57,6 +58,7 @@ def merged_run(
     indices = np.flatnonzero(attacked)
     passes = np.zeros(3, np.int64)
     seconds = 0.0
+    last_restart_broken = 0
     work = np.zeros_like(parts[0][f"stage_work_{i}"]) if ensemble else None
     stage_seconds = np.zeros_like(parts[0][f"stage_seconds_{i}"]) if ensemble else None
     for span, part in zip(batches, parts, strict=True):
@@ -67,6 +69,7 @@ def merged_run(
         l2[mine] = part[f"l2_{i}"][mine]
         passes += part[f"passes_{i}"].astype(np.int64)
         seconds += float(part[f"seconds_{i}"])  # attack time summed over the shards' workers
+        last_restart_broken += int(part[f"last_restart_broken_{i}"])
         if broken_by is not None and work is not None and stage_seconds is not None:
             broken_by[mine] = part[f"broken_by_{i}"][mine]
             work += part[f"stage_work_{i}"]
@@ -83,4 +86,5 @@ def merged_run(
     return AttackRun(
         spec, index, eps, adv_pred, fooled, linf, l2, attacked, goal, int(passes[0]), int(passes[1]), seconds,
         queries=queries, stages=stages, broken_by=broken_by, cumulative=bool(parts[0][f"cumulative_{i}"]),
+        last_restart_broken=last_restart_broken,
     )  # fmt: skip

@@ -200,3 +200,17 @@ def test_probabilities_model_is_attacked_through_log_probabilities(
     on_probs = FGSM()(probs, x, y, eps=0.1, seed=0)
     on_logits = FGSM()(model, x, y, eps=0.1, seed=0)
     assert abs((on_probs.pred == y).mean() - (on_logits.pred == y).mean()) <= 0.02
+
+
+def test_the_last_restart_counts_the_samples_only_it_broke(
+    model: LoadedModel, batch: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, y = batch
+    # A weak budget, so that every restart still finds new adversarials.
+    runs = {r: PGD(steps=2, restarts=r)(model, x, y, eps=0.08, seed=5) for r in (1, 2, 3)}
+    assert runs[1].last_restart_broken == 0  # one run has no "last of several"
+    # Restart k's seed does not depend on how many follow, so a third restart adds exactly its own breaks.
+    for r in (2, 3):
+        before, after = int(runs[r - 1].success.sum()), int(runs[r].success.sum())
+        assert runs[r].last_restart_broken == after - before
+    assert runs[3].last_restart_broken > 0

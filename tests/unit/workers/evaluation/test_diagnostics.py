@@ -79,3 +79,12 @@ def test_pgd_alone_against_the_ensemble(small_autoattack: Any) -> None:
     pgd = run(PGDSpec(eps=0.3), first(97))
     warnings = diagnostics.masking_warnings([pgd, auto], results([pgd, auto]), CORRECT)
     assert warnings == []
+
+
+def test_an_attack_still_breaking_at_its_last_restart() -> None:
+    pgd = run(PGDSpec(eps=0.3, restarts=5), first(40), last_restart_broken=6)
+    (warning,) = diagnostics.masking_warnings([pgd], results([pgd]), CORRECT)
+    assert warning.startswith("at linf eps=0.3, the last restart of pgd-40×5 still broke 6 of 200 samples")
+    # One sample in 200 is within the noise.
+    pgd = run(PGDSpec(eps=0.3, restarts=5), first(40), last_restart_broken=1)
+    assert diagnostics.masking_warnings([pgd], results([pgd]), CORRECT) == []
