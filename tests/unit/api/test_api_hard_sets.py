@@ -166,3 +166,26 @@ def test_the_job_size_limit_counts_samples_times_surrogates(tmp_path: Path) -> N
         problem = assert_problem(api.client.post("/v1/hard-sets", json=_spec(a)), 422)
         assert _locs(problem) == [["body", "max_samples"]]
         assert api.client.post("/v1/hard-sets", json=_spec(a, max_samples=100)).status_code == 202
+
+
+def test_a_finished_hard_set_has_a_json_and_an_html_report_but_no_junit(api: Api) -> None:
+    (a,) = _digits_models(api, 1)
+    job_id = api.client.post("/v1/hard-sets", json=_spec(a)).json()["id"]
+    assert api.store.claim(job_id, worker="w", lease_seconds=60) is not None
+    result = {
+        "dataset_id": None, "kept": 0, "pool_size": 1797, "min_confidence": 0.5, "per_class_kept": {"0": 0},
+        "per_surrogate": [
+            {"model_id": a, "model_sha256": "s", "accuracy": 1.0, "misclassified_confident": 0}
+        ],
+        "pool_dataset_sha256": "p", "message": "no sample was kept",
+    }  # fmt: skip
+    assert api.store.finish(job_id, worker="w", status="succeeded", result=result)
+    assert api.client.get(f"/v1/jobs/{job_id}/report").json() == result
+    page = api.client.get(f"/v1/jobs/{job_id}/report", params={"format": "html"})
+    assert page.status_code == 200 and job_id in page.text
+    assert api.client.get(f"/ui/jobs/{job_id}").status_code in (
+        200,
+        303,
+    )  # the UI page renders (or asks to log in)
+    problem = assert_problem(api.client.get(f"/v1/jobs/{job_id}/report", params={"format": "junit"}), 422)
+    assert "hard_set job" in str(problem["detail"])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from service.domain.datasets import ArrayDataset, load_builtin, load_npz
-from tests.modelzoo import train_clean
+from tests.modelzoo import digits_softmax_file
 from tests.workerkit import ready_model
 from workers.context import WorkerContext
 from workers.runners import hard_set as hard_sets
@@ -24,21 +24,8 @@ from workers.runners import hard_set as hard_sets
 
 @pytest.fixture(scope="module")
 def digits_softmax(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A second digits CNN, trained less and ending in a softmax: a surrogate that outputs probabilities."""
-    import keras
-
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(4, 3, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-    train_clean(model, load_builtin("builtin:digits:train"), epochs=4, batch_size=32, seed=1)
-    path = tmp_path_factory.mktemp("softmax") / "digits-softmax.keras"
-    model.save(path)
-    return path
+    """A second digits surrogate, one that outputs probabilities."""
+    return digits_softmax_file(tmp_path_factory.mktemp("softmax") / "digits-softmax.keras")
 
 
 def _probabilities(path: Path, x: np.ndarray) -> np.ndarray:
@@ -84,10 +71,12 @@ def test_the_kept_set_is_exactly_the_samples_every_surrogate_gets_wrong_confiden
     models = [ready_model(ctx, p) for p in paths]
     assert ctx.store.get_model(models[1]).output == "probabilities"
 
+    # The last model validated has the warm child, so it goes first here, and the other first next time.
+    order = [1, 0]
     job_id = _job(
         ctx,
         pool_dataset_id="builtin:digits",
-        surrogate_model_ids=models,
+        surrogate_model_ids=[models[i] for i in order],
         min_confidence=threshold,
         batch_size=100,
     )
@@ -96,7 +85,9 @@ def test_the_kept_set_is_exactly_the_samples_every_surrogate_gets_wrong_confiden
     result = job.result
     assert result is not None and result["kept"] == int(expected.sum()) and result["pool_size"] == 1797
     for outcome, model_id, p, miss in zip(
-        result["per_surrogate"], models, probabilities, misses, strict=True
+        result["per_surrogate"],
+        *([x[i] for i in order] for x in (models, probabilities, misses)),
+        strict=True,
     ):
         assert outcome["model_id"] == model_id
         assert outcome["misclassified_confident"] == int(miss.sum())
@@ -113,7 +104,7 @@ def test_the_kept_set_is_exactly_the_samples_every_surrogate_gets_wrong_confiden
     artifact = ctx.artifacts.job_artifact_path(job_id, hard_sets.DATASET_ARTIFACT).read_bytes()
     assert artifact == ctx.artifacts.blob_path(record.sha256).read_bytes()
 
-    # The same job again (a new job, the same request) finds the same dataset instead of adding one.
+    # The same request again, surrogates in the other order, finds the same dataset instead of adding one.
     again = _job(
         ctx, pool_dataset_id="builtin:digits", surrogate_model_ids=models, min_confidence=threshold, name="x"
     )
@@ -143,8 +134,8 @@ def test_nothing_kept_succeeds_without_a_dataset_and_says_why(ctx: WorkerContext
 
 
 def test_an_uploaded_pool_in_its_own_range_keeps_its_values(ctx: WorkerContext, digits_keras: Path) -> None:
-    # A pool in [0, 255] for a model that takes [0, 1]-trained weights on [0, 255]: every sample saturates,
-    # so the surrogate's mistakes are confident; what matters is that the kept x are the pool's own values.
+    # An upload in [0, 255] for a model trained on [0, 1]: its outputs saturate, so its mistakes are
+    # confident; what matters is that the new dataset holds the pool's own values, not rescaled ones.
     digits = load_builtin("builtin:digits:test")
     pool = ArrayDataset(digits.x[:40] * 255.0, digits.y[:40], "", "pool")
     path = ctx.artifacts.temp_path(suffix=".npz")
@@ -181,12 +172,25 @@ def test_a_missing_surrogate_fails_the_job_with_a_sentence(ctx: WorkerContext, d
     assert ctx.store.list_datasets("o") == []
 
 
-def test_cancelling_a_running_hard_set_stops_it(
-    ctx: WorkerContext, digits_keras: Path, digits_softmax: Path
-) -> None:
-    models = [ready_model(ctx, digits_keras), ready_model(ctx, digits_softmax)]
-    # One sample a batch, two surrogates: seconds of work, with a chance to stop between every two batches.
-    job_id = _job(ctx, pool_dataset_id="builtin:digits", surrogate_model_ids=models, batch_size=1)
+def _upload_pool(ctx: WorkerContext, x: np.ndarray, y: np.ndarray) -> str:
+    path = ctx.artifacts.temp_path(suffix=".npz")
+    hard_sets.write_npz(path, x=x, y=y)
+    blob = ctx.artifacts.put_file(path)
+    path.unlink(missing_ok=True)  # put_file moved it in
+    dataset, _ = ctx.store.add_dataset(
+        owner="o", name="pool", sha256=blob.sha256, size_bytes=blob.size_bytes, num_samples=len(y),
+        sample_shape=list(x.shape[1:]), num_classes=int(y.max()) + 1, min_value=float(x.min()),
+        max_value=float(x.max()),
+    )  # fmt: skip
+    return dataset.id
+
+
+def test_cancelling_a_running_hard_set_stops_it(ctx: WorkerContext, digits_keras: Path) -> None:
+    model_id = ready_model(ctx, digits_keras)
+    digits = load_builtin("builtin:digits")
+    pool = _upload_pool(ctx, np.tile(digits.x, (10, 1, 1, 1)), np.tile(digits.y, 10))
+    # One sample a batch over 17,970 samples: many seconds, with a chance to stop between every two batches.
+    job_id = _job(ctx, pool_dataset_id=pool, surrogate_model_ids=[model_id], batch_size=1)
 
     def cancel_when_running() -> None:
         while not (ctx.store.get_job(job_id).progress or {}).get("fraction"):
@@ -199,4 +203,4 @@ def test_cancelling_a_running_hard_set_stops_it(
     canceller.join()
     job = ctx.store.get_job(job_id)
     assert job.status == "cancelled" and job.result is None
-    assert ctx.store.list_datasets("o") == []
+    assert [d.id for d in ctx.store.list_datasets("o")] == [pool]  # nothing registered
