@@ -125,3 +125,22 @@ def digits_cnn_file(dest: Path) -> Path:
     train_clean(model, load_builtin("builtin:digits:train"), epochs=3)
     model.save(dest)
     return dest
+
+
+def digits_softmax_file(dest: Path, *, seed: int = 1) -> Path:
+    """Another tiny digits CNN, smaller and ending in a softmax (outputs probabilities), saved as .keras."""
+    import keras
+
+    from service.domain.datasets import load_builtin
+
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    train_clean(model, load_builtin("builtin:digits:train"), epochs=4, batch_size=32, seed=seed)
+    model.save(dest)
+    return dest

@@ -10,11 +10,13 @@ from service.domain.tasks import (
     DELIVER_CALLBACK,
     RUN_EVALUATION,
     RUN_EVALUATION_SHARD,
+    RUN_HARD_SET,
     RUN_TRAINING,
     VALIDATE_MODEL,
 )
 from workers.celery_app import app
 from workers.context import build_context
+from workers.runners import hard_set as hard_sets
 from workers.runners import sharded as shards
 from workers.runners import training as training_jobs
 from workers.runners import validation
@@ -40,6 +42,11 @@ def run_evaluation_shard(key: str) -> None:
 @app.task(name=RUN_TRAINING)  # type: ignore[untyped-decorator]
 def run_training(job_id: str) -> None:
     training_jobs.run_training(build_context(), job_id)
+
+
+@app.task(name=RUN_HARD_SET)  # type: ignore[untyped-decorator]
+def run_hard_set(job_id: str) -> None:
+    hard_sets.run_hard_set(build_context(), job_id)
 
 
 @app.task(  # type: ignore[untyped-decorator]

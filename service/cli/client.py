@@ -345,6 +345,12 @@ class ParryClient:
         """POST /v1/trainings; the same key on every retry, a fresh one when none is given."""
         return self._submit("/v1/trainings", spec, idempotency_key)
 
+    def submit_hard_set(
+        self, spec: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """POST /v1/hard-sets; the same key on every retry, a fresh one when none is given."""
+        return self._submit("/v1/hard-sets", spec, idempotency_key)
+
     def _submit(self, path: str, spec: Mapping[str, Any], key: str | None) -> dict[str, Any]:
         headers = {"Idempotency-Key": key or new_idempotency_key()}
         body: dict[str, Any] = self._json("POST", path, json=dict(spec), headers=headers)

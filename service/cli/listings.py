@@ -13,7 +13,7 @@ from service.cli.tables import output_console
 from service.domain.jobs import JobStatus
 from service.domain.verdicts import pct
 
-JOB_KINDS = ("evaluation", "training")
+JOB_KINDS = ("evaluation", "training", "hard_set")
 
 
 def add_listing_commands(commands: Commands, server: argparse.ArgumentParser) -> None:
@@ -91,6 +91,9 @@ def job_outcome(job: dict[str, Any]) -> str:
         return ""
     if job.get("kind") == "training":
         return f"new model {result.get('model_id')}" if result.get("model_id") else ""
+    if job.get("kind") == "hard_set":
+        dataset = f", new dataset {result['dataset_id']}" if result.get("dataset_id") else ""
+        return f"kept {result.get('kept', 0)} of {result.get('pool_size', 0)}{dataset}"
     rows = result.get("worst_case") or result.get("attacks") or []
     robust = [float(r["robust_accuracy"]) for r in rows if "robust_accuracy" in r]
     clean = result.get("clean_accuracy")

@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from service.cli.check import add_check_command
 from service.cli.commands import add_client_commands
 from service.cli.common import EXIT_ERROR, USER_ERRORS, CommandError, Commands, server_options
+from service.cli.hard_sets import add_hard_set_command
 from service.cli.installs import install_command, require_install
 from service.cli.listings import add_listing_commands
 
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_commands(commands)
     server = server_options()
     add_client_commands(commands, server)
+    add_hard_set_command(commands, server)
     add_listing_commands(commands, server)
     add_check_command(commands, server)
     _add_keys_commands(commands)

@@ -37,10 +37,18 @@ def training_steps(spec: TrainingOptions, *, train_samples: int, validation_samp
     return epochs + 2 * evaluation_steps(spec.evaluate, validation_samples)
 
 
-def check_steps(steps: int, limit: int, *, what: str, hint: str) -> None:
+def hard_set_passes(samples: int, surrogates: int) -> int:
+    """Forward passes of a hard-set job: each surrogate predicts every pool sample once.
+
+    Held to the same per-job limit as gradient steps, although a forward pass costs less than one: the
+    bound stays simple and errs on the side of refusing.
+    """
+    return samples * surrogates
+
+
+def check_steps(steps: int, limit: int, *, what: str, hint: str, unit: str = "gradient steps") -> None:
     """Refuse a job of more than `limit` gradient steps, with a sentence that names both figures."""
     if steps > limit:
         raise IncompatibleSpec(
-            f"this {what} would take about {steps:,} gradient steps, more than the limit of {limit:,} "
-            f"per job; {hint}"
+            f"this {what} would take about {steps:,} {unit}, more than the limit of {limit:,} per job; {hint}"
         )

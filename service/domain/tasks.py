@@ -14,6 +14,7 @@ RUN_EVALUATION = "parry.run_evaluation"
 # One shard of a sharded evaluation; its argument is "<job id>:<shard index>" (workers/runners/sharded.py).
 RUN_EVALUATION_SHARD = "parry.run_evaluation_shard"
 RUN_TRAINING = "parry.run_training"
+RUN_HARD_SET = "parry.run_hard_set"
 DELIVER_CALLBACK = "parry.deliver_callback"
 
 QUEUE = "parry"

@@ -163,6 +163,7 @@ CLIENT_COMMANDS = (
     "check",
     "submit",
     "train",
+    "hard-set",
     "status",
     "wait",
     "report",

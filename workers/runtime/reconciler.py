@@ -18,7 +18,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from service.domain.jobs import JobStatus
-from service.domain.tasks import RUN_EVALUATION, RUN_EVALUATION_SHARD, RUN_TRAINING, VALIDATE_MODEL
+from service.domain.tasks import (
+    RUN_EVALUATION,
+    RUN_EVALUATION_SHARD,
+    RUN_HARD_SET,
+    RUN_TRAINING,
+    VALIDATE_MODEL,
+)
 from service.store.jobs import JobStore
 from service.store.shards import ShardStore
 
@@ -27,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TASK_FOR_KIND = {"evaluation": RUN_EVALUATION, "training": RUN_TRAINING}
+TASK_FOR_KIND = {"evaluation": RUN_EVALUATION, "training": RUN_TRAINING, "hard_set": RUN_HARD_SET}
 
 
 class Reconciler:

@@ -16,16 +16,18 @@ from typing import Any
 import numpy as np
 
 from service.domain.datasets import ArrayDataset, DatasetError, load_builtin, load_npz
+from service.domain.hard_sets import HardSetSpec
 from service.domain.jobs import ErrorType
 from service.domain.results import Progress
 from service.domain.specs import EvaluationSpec, TrainingSpec
 from workers.evaluation import engine
 from workers.evaluation.engine import EvaluationCancelled, EvaluationError, evaluate
 from workers.evaluation.examples import examples_npz
+from workers.evaluation.hard_sets import predict_pool
 from workers.evaluation.run_arrays import run_arrays
 from workers.models.errors import ModelLoadError
 from workers.models.loading import LoadedModel, load_model
-from workers.sandbox.protocol import CLEAN_FILE, EXAMPLES_FILE, PER_SAMPLE_FILE, SHARD_FILE
+from workers.sandbox.protocol import CLEAN_FILE, EXAMPLES_FILE, HARD_SET_FILE, PER_SAMPLE_FILE, SHARD_FILE
 from workers.training import TrainingCancelled, TrainingError, split_validation, train, trainable_variables
 
 Reporter = Callable[[Progress], None]
@@ -82,6 +84,7 @@ class Calls:
             "clean": self.clean,
             "shard": self.shard,
             "train": self.train,
+            "hard_set": self.hard_set,
         }
         if op not in operations:
             raise ValueError(f"unknown operation {op!r}")
@@ -213,4 +216,21 @@ class Calls:
                 "num_classes": model.num_classes,
                 "output": model.output,
             },
+        }
+
+    def hard_set(self, args: dict[str, Any], progress: Reporter, should_stop: StopCheck) -> dict[str, Any]:
+        """One surrogate of a hard set: each pool sample's class and confidence, in `out/hard_set.npz`."""
+        model = self.model(args)
+        dataset = self.dataset(args["dataset"])
+        spec = HardSetSpec.model_validate(args["spec"])
+        index, count = (int(v) for v in args["part"])
+        pred, confidence = predict_pool(
+            model, dataset, input_range=spec.input_range, max_samples=spec.max_samples,
+            batch_size=spec.batch_size, part=(index, count), progress=progress, should_stop=should_stop,
+        )  # fmt: skip
+        save_npz(Path(args["out"]) / HARD_SET_FILE, {"pred": pred, "confidence": confidence})
+        return {
+            "num_samples": int(pred.shape[0]),
+            "model_sha256": model.sha256,
+            "dataset_sha256": dataset.sha256,
         }

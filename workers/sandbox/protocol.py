@@ -20,6 +20,7 @@ PER_SAMPLE_FILE = "per_sample.npz"
 EXAMPLES_FILE = "examples.npz"
 CLEAN_FILE = "clean.npz"
 SHARD_FILE = "shard.npz"
+HARD_SET_FILE = "hard_set.npz"
 
 # A line longer than this is not a message of ours: the child is killed (a flood would fill the worker).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.api.routes import datasets, evaluations, health, jobs, models, trainings
+from service.api.routes import datasets, evaluations, hard_sets, health, jobs, models, trainings
 from service.api.ui import actions as ui_actions
 from service.api.ui import routes as ui
 
@@ -13,6 +13,7 @@ ROUTERS = (
     datasets.router,
     evaluations.router,
     trainings.router,
+    hard_sets.router,
     ui.router,
     ui_actions.router,
 )

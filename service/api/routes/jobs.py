@@ -18,7 +18,7 @@ from service.reports import PIPELINE_MEDIA_TYPES, pipeline_report
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-JobKindFilter = Literal["evaluation", "training"]
+JobKindFilter = Literal["evaluation", "training", "hard_set"]
 JobStatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ReportFormat = Literal["json", "junit", "markdown", "html"]
 

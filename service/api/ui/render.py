@@ -85,7 +85,7 @@ def render_job_page(
     if result is not None and job.status == JobStatus.SUCCEEDED:
         if job.kind == "training":
             context["training"] = training_view(result)
-        else:
+        elif job.kind == "evaluation":
             context["evaluation"] = evaluation_view(result)
     return _render("job.html", standalone, context)
 
