@@ -28,7 +28,7 @@ from service.cli.common import EXIT_OK, CommandError, Commands, parse_input_rang
 from service.cli.installs import require_install
 from service.cli.tables import output_console, result_table
 from service.domain.attack_syntax import describe_validation_error, parse_attack
-from service.domain.builtins import DatasetError, is_builtin
+from service.domain.builtins import UNLABELLED, DatasetError, is_builtin
 from service.domain.results import Progress
 from service.domain.specs import EvaluationOptions
 from service.vetting.archives import ArchiveError, detect_model_format
@@ -136,6 +136,8 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[EvaluationOptions, ArrayD
         dataset = load_dataset(args.dataset)
     except DatasetError as exc:
         raise CommandError(f"dataset {args.dataset}: {exc}") from None
+    if dataset.num_classes == 0:
+        raise CommandError(f"dataset {args.dataset} {UNLABELLED}")
     return options, dataset
 
 

@@ -138,7 +138,7 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 def _bad_datasets(root: Path) -> dict[str, tuple[Path, str]]:
     x = np.zeros((4, 28, 28, 1), np.float32)
     cases = {
-        "keys": ({"x": x, "labels": np.arange(4)}, "'x' and 'y'"),
+        "keys": ({"x": x, "labels": np.arange(4)}, "has no labels"),
         "shapes": ({"x": x, "y": np.arange(3)}, "3 labels but x has 4 samples"),
         "negative": ({"x": x, "y": np.array([0, 1, -1, 2])}, "non-negative"),
         "flat": ({"x": np.zeros(4, np.float32), "y": np.arange(4)}, "at least one feature axis"),
