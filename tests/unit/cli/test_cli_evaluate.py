@@ -117,6 +117,23 @@ def test_json_is_the_api_result_object(model_files: dict[str, Path], tmp_path: P
     } <= set(body["attacks"][0])
 
 
+def test_an_ood_set_needs_no_attack(
+    model_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, ood = tmp_path / "r.json", tmp_path / "noise.npz"
+    np.savez(ood, x=np.random.default_rng(0).random((30, 28, 28, 1)).astype(np.float32))
+    argv = ["evaluate", "--model", str(model_files["keras"]), "--dataset", "builtin:mnist-5k:test",
+            "--max-samples", "30", "--ood-dataset", str(ood), "--ood-scores", "msp",
+            "--json", str(out)]  # fmt: skip
+    assert main([*argv, "--quiet"]) == 0
+    assert "ran no attack" in capsys.readouterr().out
+    result = EvaluationResult.model_validate_json(out.read_text())
+    assert result.attacks == [] and [row.score for row in result.ood or []] == ["msp"]
+    assert result.calibration is not None and result.ood_dataset_sha256 is not None
+    assert main(["evaluate", "--model", str(model_files["keras"]), "--dataset", "builtin:digits"]) == 2
+    assert "at least one --attack, or --ood-dataset" in capsys.readouterr().err
+
+
 # ---- input checks before TensorFlow, and TensorFlow's start-up lines ------------------------------------
 
 _RUN = """
