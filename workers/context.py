@@ -13,12 +13,13 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 from celery import current_app
 
 from service.domain.datasets import DatasetError, is_builtin
 from service.domain.results import Progress
+from service.domain.specs import EvaluationSpec
 from service.domain.tasks import QUEUE
 from service.errors import NotFound
 from service.settings import Settings, get_settings
@@ -95,6 +96,13 @@ def dataset_arg(ctx: WorkerContext, session: Session, dataset_id: str) -> dict[s
     except NotFound as exc:
         raise DatasetError(f"dataset {dataset_id} no longer exists") from exc
     return {"path": session.stage(ctx.artifacts.blob_path(record.sha256))}
+
+
+def ood_dataset_arg(ctx: WorkerContext, session: Session, spec: EvaluationSpec) -> dict[str, Any]:
+    """`{"ood_dataset": ...}` for a call of an evaluation with `ood`, else nothing."""
+    if spec.ood is None:
+        return {}
+    return {"ood_dataset": dataset_arg(ctx, session, spec.ood.dataset_id)}
 
 
 def send_task(name: str, job_id: str) -> None:

@@ -90,6 +90,10 @@ class DatasetOut(BaseModel):
         description="The smallest value of x (null for built-ins, which come in the job's input_range).",
     )
     max_value: float | None = Field(default=None, description="The largest value of x (null for built-ins).")
+    labelled: bool = Field(
+        default=True,
+        description="false for an upload of x only (num_classes 0): usable as an evaluation's OOD set only.",
+    )
 
     @classmethod
     def of(cls, record: DatasetRecord) -> DatasetOut:
@@ -104,6 +108,7 @@ class DatasetOut(BaseModel):
             created_at=record.created_at,
             min_value=record.min_value,
             max_value=record.max_value,
+            labelled=record.num_classes > 0,
         )
 
 

@@ -113,7 +113,12 @@ def _run_check(args: argparse.Namespace, submitted: dict[str, str]) -> int:
     with make_client(args) as client:
         baseline = _load_baseline(client, args.baseline, config)
         model_id, dataset_id = _upload_inputs(client, config, say)
-        spec = config.evaluation_spec(model_id=model_id, dataset_id=dataset_id, no_cache=args.no_cache)
+        spec = config.evaluation_spec(
+            model_id=model_id,
+            dataset_id=dataset_id,
+            no_cache=args.no_cache,
+            ood_dataset_id=_ood_dataset_id(client, config, say),
+        )
         key = args.idempotency_key or default_idempotency_key(spec)
         job = client.submit_evaluation(spec, idempotency_key=key)
         if job.get("reused_from"):
@@ -180,6 +185,14 @@ def _upload_inputs(client: ParryClient, config: CheckConfig, say: Any) -> tuple[
         assert config.dataset.id is not None
         dataset_id = config.dataset.id
     return str(model["id"]), dataset_id
+
+
+def _ood_dataset_id(client: ParryClient, config: CheckConfig, say: Any) -> str | None:
+    if config.ood is None:
+        return None
+    if config.ood.path is not None:
+        return ensure_dataset_id(client, str(config.ood.path), name=config.ood.name, say=say)
+    return config.ood.id
 
 
 def default_idempotency_key(spec: dict[str, Any]) -> str:

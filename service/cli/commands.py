@@ -35,7 +35,7 @@ from service.cli.common import (
 )
 from service.cli.tables import WIDE, job_summary, output_console
 from service.domain.attack_syntax import parse_attack
-from service.domain.specs import EvaluationOptions, TrainingSpec
+from service.domain.specs import EvaluationOptions, OODSpec, TrainingSpec
 
 REPORT_FORMATS = ("table", "json", "markdown", "junit", "html")
 
@@ -118,7 +118,20 @@ def _add_submit(commands: Commands, server: argparse.ArgumentParser) -> None:
         "--dataset", required=True, help="dataset id (dst_..., builtin:...) or an .npz to upload"
     )
     cmd.add_argument(
-        "--attack", action="append", required=True, metavar="SPEC", help="e.g. 'pgd:eps=0.3,steps=40'"
+        "--attack",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="e.g. 'pgd:eps=0.3,steps=40'; at least one unless --ood-dataset is given",
+    )
+    cmd.add_argument(
+        "--ood-dataset",
+        default=None,
+        metavar="D",
+        help="measure OOD detection against this dataset (id or .npz; labels not needed)",
+    )
+    cmd.add_argument(
+        "--ood-scores", default=None, metavar="LIST", help="msp,max_logit,energy (the default: all three)"
     )
     cmd.add_argument("--input-range", default="0,1", metavar="LO,HI")
     cmd.add_argument("--max-samples", type=int, default=None)
@@ -132,8 +145,17 @@ def _add_submit(commands: Commands, server: argparse.ArgumentParser) -> None:
 
 
 def _run_submit(args: argparse.Namespace) -> int:
+    if not args.attack and args.ood_dataset is None:
+        raise CommandError("give at least one --attack, or --ood-dataset to measure OOD detection only")
+    if args.ood_scores is not None and args.ood_dataset is None:
+        raise CommandError("--ood-scores needs --ood-dataset")
+    scores = None if args.ood_scores is None else [s.strip() for s in args.ood_scores.split(",") if s.strip()]
+    ood = None if args.ood_dataset is None else OODSpec.model_validate(
+        {"dataset_id": "-"} | ({} if scores is None else {"scores": scores})
+    )  # fmt: skip
     options = EvaluationOptions(
         attacks=[parse_attack(text) for text in args.attack],
+        ood=ood,
         input_range=parse_input_range(args.input_range),
         max_samples=args.max_samples,
         batch_size=args.batch_size,
@@ -143,6 +165,9 @@ def _run_submit(args: argparse.Namespace) -> int:
         model_id = resolve_model_id(client, args.model, say=err)
         dataset_id = ensure_dataset_id(client, args.dataset, name=None, say=err)
         spec = {**options.model_dump(mode="json"), "model_id": model_id, "dataset_id": dataset_id}
+        if ood is not None:
+            ood_id = ensure_dataset_id(client, args.ood_dataset, name=None, say=err)
+            spec["ood"] = {**ood.model_dump(mode="json"), "dataset_id": ood_id}
         spec["no_cache"] = args.no_cache
         job = client.submit_evaluation(spec, idempotency_key=args.idempotency_key)
         if job.get("reused_from"):

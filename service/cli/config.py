@@ -15,7 +15,13 @@ A checks file names a model, a dataset, and attacks with the robust accuracy eac
     [[thresholds]]                 # a bar on any metric path (service/domain/metric_paths.py)
     metric = "worst_case.linf.0.3"
     min = 0.8                      # and/or max = ...
+    max_ece = 0.05                 # calibration.ece at most this (a top-level key)
+    [ood]                          # OOD detection against another dataset (labels not needed)
+    path = "ood.npz"               # or id = "dst_..."
+    scores = ["msp", "energy"]     # default all three: msp, max_logit, energy
+    min_ood_auroc = 0.9            # every score's AUROC (ood.<score>.auroc) at least this
 
+With `[ood]`, `[[checks]]` may be left out: the evaluation then runs no attack.
 A `[[thresholds]]` bar is a check of its own: a worst-case bar never replaces an attack's bar.
 Judging a result against these bars is `service.domain.verdicts`.
 """
@@ -34,7 +40,14 @@ from service.domain.attack_syntax import (
     suggestion,
     unknown_attack_hint,
 )
-from service.domain.specs import AttackSpec, AttackSpecUnion, EvaluationSpec, Threshold
+from service.domain.specs import (
+    OOD_SCORES,
+    AttackSpec,
+    AttackSpecUnion,
+    EvaluationSpec,
+    OODScore,
+    Threshold,
+)
 from service.domain.verdicts import DEFAULT_TOLERANCE
 
 CONFIG_NAME = "parry.toml"
@@ -73,6 +86,23 @@ class DatasetSection(_Section):
         if (self.path is None) == (self.id is None):
             raise ValueError("give exactly one of path and id")
         return self
+
+
+class OODSection(_Section):
+    path: Path | None = Field(default=None, description=".npz with x (y, if any, is ignored).")
+    id: str | None = Field(default=None, min_length=1, description="An uploaded dataset or a builtin: id.")
+    name: str | None = None
+    scores: list[OODScore] | None = Field(default=None, description="Default: msp, max_logit and energy.")
+    min_ood_auroc: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> OODSection:
+        if (self.path is None) == (self.id is None):
+            raise ValueError("give exactly one of path and id")
+        return self
+
+    def spec(self, dataset_id: str) -> dict[str, Any]:
+        return {"dataset_id": dataset_id} | ({} if self.scores is None else {"scores": list(self.scores)})
 
 
 class EvaluationSection(_Section):
@@ -127,10 +157,20 @@ class CheckConfig(_Section):
     dataset: DatasetSection
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     baseline: BaselineSection | None = None
-    checks: list[CheckEntry] = Field(min_length=1, max_length=64)
+    checks: list[CheckEntry] = Field(default_factory=list, max_length=64)
     metric_thresholds: list[MetricThreshold] = Field(
         default_factory=list, max_length=1000, alias="thresholds"
     )
+    ood: OODSection | None = None
+    max_ece: float | None = Field(
+        default=None, ge=0, le=1, allow_inf_nan=False, description="calibration.ece at most this."
+    )
+
+    @model_validator(mode="after")
+    def _has_checks(self) -> CheckConfig:
+        if not self.checks and self.ood is None:
+            raise ValueError("add at least one [[checks]] table (an attack), or an [ood] table")
+        return self
 
     def attack_specs(self) -> list[AttackSpecUnion]:
         specs = []
@@ -143,18 +183,32 @@ class CheckConfig(_Section):
         return specs
 
     def thresholds(self) -> list[Threshold]:
-        return [
-            Threshold(
-                attack=i,
-                min_robust_accuracy=check.min_robust_accuracy,
-                use_lower_bound=self.use_lower_bound
-                if check.use_lower_bound is None
-                else check.use_lower_bound,
-                name=check.name,
-            )
-            for i, check in enumerate(self.checks)
-            if check.min_robust_accuracy is not None
-        ] + [self._metric_threshold(i, bar) for i, bar in enumerate(self.metric_thresholds)]
+        return (
+            [
+                Threshold(
+                    attack=i,
+                    min_robust_accuracy=check.min_robust_accuracy,
+                    use_lower_bound=self.use_lower_bound
+                    if check.use_lower_bound is None
+                    else check.use_lower_bound,
+                    name=check.name,
+                )
+                for i, check in enumerate(self.checks)
+                if check.min_robust_accuracy is not None
+            ]
+            + [self._metric_threshold(i, bar) for i, bar in enumerate(self.metric_thresholds)]
+            + self._natural()
+        )
+
+    def _natural(self) -> list[Threshold]:
+        """`max_ece` and `[ood] min_ood_auroc` as the metric thresholds they stand for."""
+        bars = []
+        if self.max_ece is not None:
+            bars.append(Threshold(metric="calibration.ece", max=self.max_ece))
+        if self.ood is not None and self.ood.min_ood_auroc is not None:
+            for score in self.ood.scores or OOD_SCORES:
+                bars.append(Threshold(metric=f"ood.{score}.auroc", min=self.ood.min_ood_auroc))
+        return bars
 
     def _metric_threshold(self, i: int, bar: MetricThreshold) -> Threshold:
         lower = self.use_lower_bound if bar.use_lower_bound is None else bar.use_lower_bound
@@ -166,10 +220,13 @@ class CheckConfig(_Section):
             problem = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
             raise CheckConfigError(f"thresholds[{i}] ({bar.metric}): {problem}") from None
 
-    def evaluation_spec(self, *, model_id: str, dataset_id: str, no_cache: bool = False) -> dict[str, Any]:
-        """The body of `POST /v1/evaluations` for these checks."""
+    def evaluation_spec(
+        self, *, model_id: str, dataset_id: str, no_cache: bool = False, ood_dataset_id: str | None = None
+    ) -> dict[str, Any]:
+        """The body of `POST /v1/evaluations` for these checks (`ood_dataset_id` with an [ood] table)."""
         ev = self.evaluation
-        return {
+        ood = {} if self.ood is None else {"ood": self.ood.spec(ood_dataset_id or "-")}
+        return ood | {
             "model_id": model_id,
             "dataset_id": dataset_id,
             "attacks": [
@@ -234,7 +291,9 @@ def load_config(path: Path) -> CheckConfig:
         raise CheckConfigError(f"{path}: {_config_problem(exc)}") from None
     # Attack fields and metric paths are checked now, not when the server answers 422.
     try:
-        EvaluationSpec.model_validate(config.evaluation_spec(model_id="-", dataset_id="-"))
+        EvaluationSpec.model_validate(
+            config.evaluation_spec(model_id="-", dataset_id="-", ood_dataset_id="-")
+        )
     except ValidationError as exc:
         raise CheckConfigError(f"{path}: {describe_validation_error(exc)}") from None
     base = path.parent
@@ -242,6 +301,8 @@ def load_config(path: Path) -> CheckConfig:
         config.model.path = _existing(base / config.model.path, "model", path)
     if config.dataset.path is not None:
         config.dataset.path = _existing(base / config.dataset.path, "dataset", path)
+    if config.ood is not None and config.ood.path is not None:
+        config.ood.path = _existing(base / config.ood.path, "OOD dataset", path)
     if config.baseline is not None and config.baseline.path is not None:
         config.baseline.path = _existing(base / config.baseline.path, "baseline", path)
     return config

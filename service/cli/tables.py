@@ -15,6 +15,7 @@ from rich.text import Text
 from service.domain.headline import headlines
 from service.domain.results import EvaluationResult, TrainingResult
 from service.domain.verdicts import attack_label, pct
+from service.reports.figures import NO_ATTACKS_NOTE, natural_figures
 
 WIDE = 160  # columns for logs and pipes: rich would assume 80 and wrap the table's cells
 
@@ -28,6 +29,9 @@ def output_console(*, stderr: bool = False) -> Console:
 def result_table(result: EvaluationResult) -> Table:
     """Every row, the worst cases, and as caption the headline: the figure to quote, per norm."""
     quoted = [h.sentence() for h in headlines(result.model_dump(mode="json"))]
+    if not result.attacks:
+        quoted.append(NO_ATTACKS_NOTE)
+    quoted += [f"{name}: {value:.4f}" for name, value in natural_figures(result).items()]
     table = Table(
         title=f"{result.num_samples} samples, clean accuracy {pct(result.clean_accuracy)}, "
         f"seed {result.seed}",

@@ -16,6 +16,13 @@ BUILTINS = ("mnist-5k", "digits")
 SPLITS = ("train", "test")
 
 
+# What a user reads when a dataset without labels is used where labels are needed.
+UNLABELLED = (
+    "has no labels (the .npz holds x only, no y): an evaluation or a training needs labels; upload "
+    "it again with y, or use it as an evaluation's ood.dataset_id"
+)
+
+
 class DatasetError(ValueError):
     """A dataset that cannot be used; the message is one sentence a user can act on."""
 

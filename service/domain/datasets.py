@@ -18,11 +18,14 @@ import numpy as np
 
 from service.domain.builtins import BUILTINS as BUILTINS
 from service.domain.builtins import SPLITS as SPLITS
+from service.domain.builtins import UNLABELLED as UNLABELLED
 from service.domain.builtins import DatasetError as DatasetError
 from service.domain.builtins import is_builtin as is_builtin
 from service.domain.builtins import parse_builtin
 from service.vetting.archives import ArchiveError, check_archive
 
+# The label of every sample of a dataset uploaded with `x` only (usable where labels are not needed: OOD).
+NO_LABEL = -1
 _SPLIT_SEED = 20240601  # fixed forever: changing it changes every builtin:*:train/test id's contents
 _TRAIN_FRACTION = 0.8
 # Values spanning less of `input_range` than this (max - min, over the range's width) were most likely
@@ -33,7 +36,7 @@ MIN_RANGE_USE = 0.05
 @dataclass(frozen=True)
 class ArrayDataset:
     x: np.ndarray  # float32, (N, *sample_shape)
-    y: np.ndarray  # int64, (N,)
+    y: np.ndarray  # int64, (N,); all NO_LABEL for a dataset uploaded without y
     sha256: str
     name: str
     # A built-in in its packaged [0, 1] form, which a job gets in its own input_range (`in_input_range`).
@@ -49,6 +52,7 @@ class ArrayDataset:
 
     @property
     def num_classes(self) -> int:
+        """0 for a dataset without labels."""
         return int(self.y.max()) + 1 if self.y.size else 0
 
     def take(self, n: int | None) -> ArrayDataset:
@@ -108,9 +112,9 @@ def load_npz(path: Path) -> ArrayDataset:
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = set(npz.files)
-            if not {"x", "y"} <= names:
-                raise DatasetError(f"the .npz must hold arrays 'x' and 'y'; {path.name} has {sorted(names)}")
-            x, y = npz["x"], npz["y"]
+            if "x" not in names:
+                raise DatasetError(_NO_X.format(name=path.name, names=sorted(names)))
+            x, y = npz["x"], npz["y"] if "y" in names else None
     except DatasetError:
         raise
     except ValueError as exc:
@@ -130,11 +134,12 @@ class NpzSummary:
 
     num_samples: int
     sample_shape: tuple[int, ...]
-    num_classes: int
+    num_classes: int  # 0: no labels (the .npz holds x only)
     min_value: float
     max_value: float
 
 
+_NO_X = "the .npz must hold an array 'x' (and 'y' for labels); {name} has {names}"
 # `y` is read whole to check its labels: N integers or an N x C one-hot, small beside any x of N samples.
 _MAX_LABEL_BYTES = 256 * 1024**2
 _STREAM_BYTES = 4 * 1024**2
@@ -152,8 +157,8 @@ def summarize_npz(path: Path) -> NpzSummary:
     try:
         with zipfile.ZipFile(path) as zf:
             names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
-            if not {"x", "y"} <= names:
-                raise DatasetError(f"the .npz must hold arrays 'x' and 'y'; {path.name} has {sorted(names)}")
+            if "x" not in names:
+                raise DatasetError(_NO_X.format(name=path.name, names=sorted(names)))
             with zf.open("x.npy") as member:
                 shape, _, dtype = _read_npy_header(member, "x.npy")
                 if len(shape) < 2:
@@ -174,20 +179,24 @@ def summarize_npz(path: Path) -> NpzSummary:
                         raise DatasetError("x contains NaN or infinite values")
                     if values.size:
                         low, high = min(low, float(values.min())), max(high, float(values.max()))
-            info = zf.getinfo("y.npy")
-            if info.file_size > _MAX_LABEL_BYTES:
-                raise DatasetError(f"y is larger than {_MAX_LABEL_BYTES:,} bytes; labels are (N,) or (N, C)")
-            with zf.open(info) as member:
-                y = np.lib.format.read_array(member, allow_pickle=False)
+            y = None
+            if "y" in names:
+                info = zf.getinfo("y.npy")
+                if info.file_size > _MAX_LABEL_BYTES:
+                    raise DatasetError(
+                        f"y is larger than {_MAX_LABEL_BYTES:,} bytes; labels are (N,) or (N, C)"
+                    )
+                with zf.open(info) as member:
+                    y = np.lib.format.read_array(member, allow_pickle=False)
     except DatasetError:
         raise
     except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
         raise DatasetError(f"{path.name} is not a readable .npz file") from exc
-    labels = _labels(y, n=int(shape[0]))
+    num_classes = 0 if y is None else int(_labels(y, n=int(shape[0])).max()) + 1
     return NpzSummary(
         int(shape[0]),
         tuple(int(d) for d in shape[1:]),
-        int(labels.max()) + 1,
+        num_classes,
         min_value=low if low <= high else 0.0,  # an x with no values at all: (N, 0)
         max_value=high if low <= high else 0.0,
     )
@@ -244,16 +253,17 @@ def _check_npy_header(member: IO[bytes], name: str, size: int) -> None:
         )
 
 
-def from_arrays(x: np.ndarray, y: np.ndarray, *, name: str, sha256: str | None = None) -> ArrayDataset:
-    """Check and normalise arrays: x to float32, y (integer or one-hot) to int64 class indices."""
-    if x.dtype == object or y.dtype == object:
+def from_arrays(x: np.ndarray, y: np.ndarray | None, *, name: str, sha256: str | None = None) -> ArrayDataset:
+    """Check and normalise arrays: x to float32, y (integer or one-hot) to int64 class indices; without y,
+    every label is NO_LABEL."""
+    if x.dtype == object or (y is not None and y.dtype == object):
         raise DatasetError("object arrays are refused; x and y must be numeric")
     _check_x(x.shape, x.dtype)
     with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf, refused just below
         x = x.astype(np.float32, copy=False)
     if not np.isfinite(x).all():
         raise DatasetError("x contains NaN or infinite values")
-    y = _labels(y, n=x.shape[0])
+    y = np.full(x.shape[0], NO_LABEL, np.int64) if y is None else _labels(y, n=x.shape[0])
     if sha256 is None:
         digest = hashlib.sha256()
         digest.update(np.ascontiguousarray(x).tobytes())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from service.domain.specs import AttackSpecBase, TrainingOptions
+from service.domain.specs import QUERIES_PER_GRADIENT_STEP, AttackSpecBase, TrainingOptions
 from service.errors import IncompatibleSpec
 
 # A held-out validation split is this fraction of the training data (workers/training split_validation).
@@ -20,6 +20,11 @@ HELD_OUT_FRACTION = 0.1
 def attack_steps(attack: AttackSpecBase) -> int:
     """Gradient steps per sample for one attack over all its eps values (each spec estimates its own)."""
     return attack.gradient_steps() * len(attack.eps_values())
+
+
+def forward_steps(samples: int) -> int:
+    """Forward passes (OOD scoring) counted as gradient steps: one step is about three forward passes."""
+    return -(-samples // QUERIES_PER_GRADIENT_STEP)
 
 
 def evaluation_steps(attacks: Sequence[AttackSpecBase], samples: int) -> int:

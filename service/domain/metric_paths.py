@@ -3,6 +3,8 @@
     clean_accuracy               the clean accuracy
     worst_case.<norm>.<eps>      the worst case over every attack at that norm and eps (worst_case.linf.0.3)
     attacks.<index>.<eps>        the robust accuracy of the index-th attack of the spec at that eps
+    ood.<score>.<figure>         an OOD detection figure (ood.energy.auroc; figures: OOD_FIGURES)
+    calibration.<figure>         calibration.ece or calibration.rms_calibration_error
 
 Standard library only: specs.py checks the syntax when a threshold is written, verdicts.py reads the number.
 """
@@ -13,9 +15,12 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-MetricKind = Literal["clean_accuracy", "worst_case", "attacks"]
+MetricKind = Literal["clean_accuracy", "worst_case", "attacks", "ood", "calibration"]
 NORMS = ("linf", "l2")
-EXAMPLES = "clean_accuracy, worst_case.linf.0.3 or attacks.0.0.3"
+OOD_SCORE_NAMES = ("msp", "max_logit", "energy")  # specs.OODScore's values (specs imports this module)
+OOD_FIGURES = ("auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr")
+CALIBRATION_FIGURES = ("ece", "rms_calibration_error")
+EXAMPLES = "clean_accuracy, worst_case.linf.0.3, attacks.0.0.3, ood.msp.auroc or calibration.ece"
 
 
 class MetricPathError(ValueError):
@@ -28,10 +33,16 @@ class MetricPath:
     norm: str | None = None
     eps: float | None = None
     attack: int | None = None
+    score: str | None = None  # ood: the score's name
+    figure: str | None = None  # ood and calibration: which of their figures
 
     def __str__(self) -> str:
         if self.kind == "clean_accuracy":
             return self.kind
+        if self.kind == "ood":
+            return f"ood.{self.score}.{self.figure}"
+        if self.kind == "calibration":
+            return f"calibration.{self.figure}"
         middle = self.norm if self.kind == "worst_case" else str(self.attack)
         return f"{self.kind}.{middle}.{self.eps:g}"
 
@@ -45,6 +56,8 @@ def parse_metric(text: str) -> MetricPath:
     if path == "clean_accuracy":
         return MetricPath("clean_accuracy")
     head, _, rest = path.partition(".")
+    if head in ("ood", "calibration"):
+        return _natural_path(text, head, rest)
     middle, _, eps_text = rest.partition(".")  # the eps itself may hold a dot
     if head not in ("worst_case", "attacks") or not middle or not eps_text:
         raise MetricPathError(f"metric {text!r} names no result value; write {EXAMPLES}")
@@ -61,3 +74,19 @@ def parse_metric(text: str) -> MetricPath:
     if not middle.isdigit():
         raise MetricPathError(f"metric {text!r}: {middle!r} is not an attack index (0 for the first attack)")
     return MetricPath("attacks", eps=eps, attack=int(middle))
+
+
+def _natural_path(text: str, head: str, rest: str) -> MetricPath:
+    """`ood.<score>.<figure>` or `calibration.<figure>`."""
+    if head == "calibration":
+        if rest not in CALIBRATION_FIGURES:
+            raise MetricPathError(
+                f"metric {text!r}: write calibration.{' or calibration.'.join(CALIBRATION_FIGURES)}"
+            )
+        return MetricPath("calibration", figure=rest)
+    score, _, figure = rest.partition(".")
+    if score not in OOD_SCORE_NAMES:
+        raise MetricPathError(f"metric {text!r}: the OOD score must be one of {', '.join(OOD_SCORE_NAMES)}")
+    if figure not in OOD_FIGURES:
+        raise MetricPathError(f"metric {text!r}: the OOD figure must be one of {', '.join(OOD_FIGURES)}")
+    return MetricPath("ood", score=score, figure=figure)

@@ -88,6 +88,66 @@ class WorstCaseResult(BaseModel):
     per_class_robust_accuracy: dict[str, float]
 
 
+class CalibrationBin(BaseModel):
+    """One bar of the reliability diagram: the clean samples whose confidence lies in (lower, upper]."""
+
+    lower: float
+    upper: float
+    count: int
+    accuracy: float | None = Field(description="Fraction correct in the bin; null when it is empty.")
+    confidence: float | None = Field(description="Mean confidence in the bin; null when it is empty.")
+
+
+class CalibrationResult(BaseModel):
+    """How well the clean confidence (the top softmax probability) matches the clean accuracy."""
+
+    ece: float = Field(
+        description="Expected calibration error over 15 equal-width confidence bins: the sum over bins of "
+        "(bin count / samples) * |accuracy - mean confidence|."
+    )
+    rms_calibration_error: float = Field(
+        description="Root-mean-square calibration error (Hendrycks et al.): bins of 100 samples in "
+        "confidence order (the last takes the remainder), sqrt(sum (count / samples) * (accuracy - "
+        "confidence)^2)."
+    )
+    mean_confidence: float
+    bins: list[CalibrationBin] = Field(description="The 15 equal-width bins of the ECE, lowest first.")
+
+
+class ScoreHistogram(BaseModel):
+    """Both sets' scores counted over the same equal-width bins (`edges` has one more entry than counts)."""
+
+    edges: list[float]
+    in_distribution: list[int]
+    out_of_distribution: list[int]
+
+
+class RocCurve(BaseModel):
+    """The ROC curve, thinned to at most a few hundred points (in-distribution is the positive class)."""
+
+    fpr: list[float]
+    tpr: list[float]
+
+
+class OODResult(BaseModel):
+    """Out-of-distribution detection by one score; higher scores say in-distribution (the positive class)."""
+
+    score: str = Field(
+        description="msp (top softmax probability), max_logit or energy (logsumexp of logits)."
+    )
+    auroc: float
+    aupr_in: float = Field(description="Average precision with in-distribution as the positive class.")
+    aupr_out: float = Field(description="Average precision with OOD as the positive class (score negated).")
+    fpr_at_95_tpr: float = Field(
+        description="Fraction of OOD samples scored at or above the highest threshold that keeps 95% of "
+        "the in-distribution samples."
+    )
+    num_in: int
+    num_out: int
+    histogram: ScoreHistogram
+    roc: RocCurve
+
+
 class EvaluationResult(BaseModel):
     num_samples: int
     clean_accuracy: float
@@ -96,8 +156,13 @@ class EvaluationResult(BaseModel):
     worst_case: list[WorstCaseResult] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     cost: AttackCost | None = None
+    calibration: CalibrationResult | None = Field(
+        default=None, description="On the clean data (results before calibration have none)."
+    )
+    ood: list[OODResult] | None = Field(default=None, description="One entry per score when `ood` was set.")
     model_sha256: str
     dataset_sha256: str
+    ood_dataset_sha256: str | None = None
     seed: int
     input_range: tuple[float, float] = (0.0, 1.0)
     seconds: float = 0.0

@@ -17,7 +17,8 @@ from service.domain.specs import EvaluationOptions
 
 # 2: built-in datasets are delivered in the job's input_range (they were always [0, 1]).
 # 3: the attack engine of issue 13 (autoattack, stage rows and arrays, probes); results before it differ.
-KEY_VERSION = 3
+# 4: results hold calibration (issue 17), which older results lack.
+KEY_VERSION = 4
 
 
 @lru_cache(maxsize=1)
@@ -29,7 +30,12 @@ def _parry_version() -> str:
 
 
 def evaluation_cache_key(
-    options: EvaluationOptions, *, model_sha256: str, model_output: str, dataset_sha256: str
+    options: EvaluationOptions,
+    *,
+    model_sha256: str,
+    model_output: str,
+    dataset_sha256: str,
+    ood_dataset_sha256: str | None = None,
 ) -> str:
     """sha256 of the canonical JSON of everything that decides an evaluation's result."""
     payload = {
@@ -45,5 +51,8 @@ def evaluation_cache_key(
         "max_samples": options.max_samples,
         "batch_size": options.batch_size,
     }
+    if options.ood is not None:
+        # The OOD set by its bytes, not its id: the same data uploaded twice gives the same result.
+        payload["ood"] = {"dataset_sha256": ood_dataset_sha256, "scores": list(options.ood.scores)}
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()

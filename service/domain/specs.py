@@ -11,9 +11,9 @@ import math
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from service.domain.metric_paths import MetricPath, parse_metric
+from service.domain.metric_paths import OOD_SCORE_NAMES, MetricPath, parse_metric
 
 Norm = Literal["linf", "l2"]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -362,10 +362,51 @@ ATTACK_NAMES: tuple[str, ...] = tuple(ATTACK_SPECS)
 ENSEMBLE_NAMES: tuple[str, ...] = ("autoattack",)
 
 
+OODScore = Literal["msp", "max_logit", "energy"]
+OOD_SCORES: tuple[str, ...] = get_args(OODScore)
+assert OOD_SCORES == OOD_SCORE_NAMES  # metric paths spell them out (standard library only)
+
+
+def _all_scores() -> list[OODScore]:
+    return ["msp", "max_logit", "energy"]
+
+
+class OODSpec(_Spec):
+    """Out-of-distribution detection: how well per-sample scores tell the evaluation's data from another set.
+
+    Scores (higher means in-distribution): msp, the top softmax probability (Hendrycks & Gimpel, 2017);
+    max_logit, the top logit (Hendrycks et al., 2022); energy, the logsumexp of the logits, the negative
+    free energy (Liu et al., 2020). The OOD set's labels are ignored and may be absent.
+    """
+
+    dataset_id: str = Field(min_length=1, max_length=200, description="The out-of-distribution samples.")
+    scores: list[OODScore] = Field(default_factory=_all_scores, min_length=1, max_length=3)
+
+    @field_validator("scores")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("each OOD score may be named once")
+        return value
+
+
+def attack_free_measures(fields: Mapping[str, Any]) -> list[str]:
+    """What an evaluation measures besides attacks, from its (validated) fields; with at least one,
+    `attacks` may be empty. Those fields come before `attacks` in EvaluationOptions, so that its
+    validator sees them."""
+    return ["ood"] if fields.get("ood") is not None else []
+
+
 class EvaluationOptions(_Spec):
     """What an evaluation does, independent of where the model and the data come from."""
 
-    attacks: list[AttackSpec] = Field(min_length=1, max_length=64)
+    ood: OODSpec | None = Field(default=None, description="Out-of-distribution detection against a dataset.")
+    attacks: list[AttackSpec] = Field(
+        default_factory=list,
+        max_length=64,
+        validate_default=True,  # an absent list must meet the same rule as an empty one
+        description="At least one, unless the evaluation measures something else (ood).",
+    )
     input_range: tuple[float, float] = (0.0, 1.0)
     max_samples: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=256, ge=1, le=65_536)
@@ -377,6 +418,16 @@ class EvaluationOptions(_Spec):
         lo, hi = value
         if not lo < hi:
             raise ValueError("input_range must be [low, high] with low < high")
+        return value
+
+    @field_validator("attacks")
+    @classmethod
+    def _has_work(cls, value: list[AttackSpecBase], info: ValidationInfo) -> list[AttackSpecBase]:
+        if not value and not attack_free_measures(info.data):
+            raise ValueError(
+                "an evaluation needs at least one attack, or ood to measure out-of-distribution detection "
+                "without attacks"
+            )
         return value
 
 
@@ -473,6 +524,13 @@ class EvaluationSpec(EvaluationOptions):
             if not any(norm == path.norm and path.matches_eps(eps) for norm, eps in runs):
                 have = ", ".join(f"worst_case.{norm}.{eps:g}" for norm, eps in runs)
                 raise ValueError(f"threshold on {path}, but no attack runs there; this evaluation has {have}")
+        elif path.kind == "ood":
+            scores = [] if self.ood is None else self.ood.scores
+            if path.score not in scores:
+                have = ", ".join(scores) or "none: set ood"
+                raise ValueError(
+                    f"threshold on {path}, but this evaluation has no {path.score} OOD score ({have})"
+                )
         elif path.kind == "attacks":
             assert path.attack is not None
             if path.attack >= len(self.attacks):

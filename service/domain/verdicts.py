@@ -187,6 +187,10 @@ def _metric_row(
     n = result.num_samples
     if path.kind == "clean_accuracy":
         return "clean accuracy", result.clean_accuracy, accuracy_interval(result.clean_accuracy, n)
+    if path.kind in ("ood", "calibration"):
+        found = natural_value(result, path)
+        # No sampling interval is computed for these figures: the bar judges the estimate itself.
+        return None if found is None else (found[0], found[1], (found[1], found[1]))
     if path.kind == "worst_case":
         for worst in result.worst_case:
             if worst.norm == path.norm and path.matches_eps(worst.eps):
@@ -198,6 +202,18 @@ def _metric_row(
         if index == path.attack and path.matches_eps(eps):
             label = f"{attack_label(row.name, row.spec)} {row.norm} eps={row.eps:g}"
             return label, row.robust_accuracy, robust_interval(row, n)
+    return None
+
+
+def natural_value(result: EvaluationResult, path: MetricPath) -> tuple[str, float] | None:
+    """A label and the value of an `ood.*` or `calibration.*` path, or None when the result lacks it."""
+    if path.kind == "calibration":
+        if result.calibration is None or path.figure is None:
+            return None
+        return f"calibration {path.figure}", float(getattr(result.calibration, path.figure))
+    for row in result.ood or []:
+        if row.score == path.score and path.figure is not None:
+            return f"OOD {row.score} {path.figure}", float(getattr(row, path.figure))
     return None
 
 
@@ -265,7 +281,9 @@ def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
 def _pass_message(outcome: CheckOutcome) -> str:
     lo, hi = outcome.ci95
     what = outcome.metric or "robust accuracy"
-    text = f"{what} {pct(outcome.robust_accuracy)} (95% CI {pct(lo)}–{pct(hi)})"
+    text = f"{what} {pct(outcome.robust_accuracy)}"
+    if lo < hi:  # OOD and calibration figures come without an interval
+        text += f" (95% CI {pct(lo)}–{pct(hi)})"
     if outcome.metric is not None:
         text += f", within the bars {outcome.requirement()}"
         if outcome.use_lower_bound:

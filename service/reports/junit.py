@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from service.domain.results import EvaluationResult
 from service.domain.verdicts import NO_THRESHOLDS, CheckOutcome, is_judged, pct
+from service.reports.figures import natural_figures
 
 
 def junit_report(
@@ -35,6 +36,7 @@ def junit_report(
         "model_sha256": result.model_sha256,
         "dataset_sha256": result.dataset_sha256,
     }
+    facts |= {name: f"{value:.6f}" for name, value in natural_figures(result).items()}
     for name, value in facts.items():
         if value is not None:
             ET.SubElement(properties, "property", {"name": name, "value": value})
@@ -61,10 +63,13 @@ def junit_report(
 
 def _numbers(outcome: CheckOutcome) -> str:
     lo, hi = outcome.ci95
-    lines = [
-        f"robust_accuracy={outcome.robust_accuracy:.6f} ({pct(outcome.robust_accuracy)})",
-        f"ci95=[{lo:.6f}, {hi:.6f}] ({pct(lo)}–{pct(hi)}, Wilson, {outcome.num_samples} samples)",
-    ]
+    if outcome.attack in ("ood", "calibration"):  # a figure of its own, without a sampling interval
+        lines = [f"{outcome.metric}={outcome.robust_accuracy:.6f}"]
+    else:
+        lines = [
+            f"robust_accuracy={outcome.robust_accuracy:.6f} ({pct(outcome.robust_accuracy)})",
+            f"ci95=[{lo:.6f}, {hi:.6f}] ({pct(lo)}–{pct(hi)}, Wilson, {outcome.num_samples} samples)",
+        ]
     if outcome.min_robust_accuracy is not None:
         bound = "lower bound of ci95" if outcome.use_lower_bound else "estimate"
         lines.append(f"min_robust_accuracy={outcome.min_robust_accuracy:g} (judged on the {bound})")

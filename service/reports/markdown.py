@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from service.domain.headline import headlines
 from service.domain.results import EvaluationResult
 from service.domain.verdicts import NO_THRESHOLDS, CheckOutcome, is_judged, pct
+from service.reports.figures import NO_ATTACKS_NOTE, natural_figures
 
 
 def markdown_report(
@@ -43,7 +44,7 @@ def markdown_report(
             ("✅" if o.passed else "❌") if is_judged(o) else "—",
             _escape(o.name),
             pct(o.robust_accuracy),
-            f"{pct(lo)}–{pct(hi)}",
+            f"{pct(lo)}–{pct(hi)}" if lo < hi else "—",
             required,
         ]
         if with_baseline:
@@ -55,6 +56,9 @@ def markdown_report(
     if any(row.cumulative for row in result.attacks):
         lines += ["", "The autoattack rows at larger eps are cumulative: each attacked only the samples that "
                   "survived the next smaller eps, and the samples broken there count as broken."]  # fmt: skip
+    figures = natural_figures(result)
+    if figures:
+        lines += ["", "Figures: " + ", ".join(f"`{name}` {value:.4f}" for name, value in figures.items())]
     if result.warnings:
         lines += ["", "Warnings:", *(f"- {_escape(w)}" for w in result.warnings)]
     return "\n".join(lines) + "\n"
@@ -68,6 +72,8 @@ def _headline_lines(result: EvaluationResult) -> list[str]:
         title = _escape(headline.title())
         text = f"**{title[:1].upper()}{title[1:]}: {pct(headline.robust_accuracy)}**{ci}"
         lines.append(text + (f" — {headline.note()}." if headline.note() else "."))
+    if not result.attacks:
+        lines.append(f"**{NO_ATTACKS_NOTE[:1].upper()}{NO_ATTACKS_NOTE[1:]}.**")
     return [*lines, ""] if lines else []
 
 

@@ -28,9 +28,9 @@ from service.cli.common import EXIT_OK, CommandError, Commands, parse_input_rang
 from service.cli.installs import require_install
 from service.cli.tables import output_console, result_table
 from service.domain.attack_syntax import describe_validation_error, parse_attack
-from service.domain.builtins import DatasetError, is_builtin
+from service.domain.builtins import UNLABELLED, DatasetError, is_builtin
 from service.domain.results import Progress
-from service.domain.specs import EvaluationOptions
+from service.domain.specs import EvaluationOptions, OODSpec
 from service.vetting.archives import ArchiveError, detect_model_format
 from service.vetting.keras_config import UnsafeKerasConfig, check_keras_file
 
@@ -54,9 +54,19 @@ def add_evaluate_command(commands: Commands) -> None:
     cmd.add_argument(
         "--attack",
         action="append",
-        required=True,
+        default=[],
         metavar="SPEC",
-        help="e.g. 'pgd:eps=0.3,steps=40' or 'fgsm:eps=0.1,0.2,0.3'; repeat for several attacks",
+        help="e.g. 'pgd:eps=0.3,steps=40' or 'fgsm:eps=0.1,0.2,0.3'; repeat for several attacks "
+        "(at least one unless --ood-dataset is given)",
+    )
+    cmd.add_argument(
+        "--ood-dataset",
+        default=None,
+        metavar="D",
+        help="measure OOD detection against this .npz (x only will do) or builtin: id",
+    )
+    cmd.add_argument(
+        "--ood-scores", default=None, metavar="LIST", help="msp,max_logit,energy (the default: all three)"
     )
     cmd.add_argument(
         "--input-range", default="0,1", metavar="LO,HI", help="the model's input range (default 0,1)"
@@ -87,14 +97,16 @@ def add_evaluate_command(commands: Commands) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     require_install("evaluate")
-    options, dataset = _checked_inputs(args)
+    options, dataset, ood_dataset = _checked_inputs(args)
     with tensorflow_start_up(verbose=args.verbose):
         from workers.evaluation.local import LocalEvaluationError, run_local_evaluation
 
     err = Console(stderr=True)
     report = _progress_printer(err, quiet=args.quiet)
     try:
-        outcome = run_local_evaluation(args.model, dataset, options, output=args.output, progress=report)
+        outcome = run_local_evaluation(
+            args.model, dataset, options, output=args.output, progress=report, ood_dataset=ood_dataset
+        )
     except LocalEvaluationError as exc:
         raise CommandError(str(exc)) from exc
     output_console().print(result_table(outcome.result))
@@ -107,13 +119,24 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _checked_inputs(args: argparse.Namespace) -> tuple[EvaluationOptions, ArrayDataset]:
+def _checked_inputs(args: argparse.Namespace) -> tuple[EvaluationOptions, ArrayDataset, ArrayDataset | None]:
     """Everything that can be checked without TensorFlow, checked before it loads (it takes seconds):
     the attacks and options, the model file's format, and the dataset read whole (keys, shapes, labels)."""
     attacks = [parse_attack(text) for text in args.attack]
+    if not attacks and args.ood_dataset is None:
+        raise CommandError("give at least one --attack, or --ood-dataset to measure OOD detection only")
+    if args.ood_scores is not None and args.ood_dataset is None:
+        raise CommandError("--ood-scores needs --ood-dataset")
     try:
+        ood = None
+        if args.ood_dataset is not None:
+            scores = None if args.ood_scores is None else [s.strip() for s in args.ood_scores.split(",")]
+            ood = OODSpec.model_validate(
+                {"dataset_id": args.ood_dataset} | ({} if scores is None else {"scores": scores})
+            )
         options = EvaluationOptions(
             attacks=attacks,
+            ood=ood,
             input_range=parse_input_range(args.input_range),
             max_samples=args.max_samples,
             batch_size=args.batch_size,
@@ -136,7 +159,19 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[EvaluationOptions, ArrayD
         dataset = load_dataset(args.dataset)
     except DatasetError as exc:
         raise CommandError(f"dataset {args.dataset}: {exc}") from None
-    return options, dataset
+    if dataset.num_classes == 0:
+        raise CommandError(f"dataset {args.dataset} {UNLABELLED}")
+    ood_dataset = None
+    if args.ood_dataset is not None:
+        if not is_builtin(args.ood_dataset) and not Path(args.ood_dataset).is_file():
+            raise CommandError(
+                f"OOD dataset {args.ood_dataset} does not exist (give an .npz file or a builtin: id)"
+            )
+        try:
+            ood_dataset = load_dataset(args.ood_dataset)
+        except DatasetError as exc:
+            raise CommandError(f"OOD dataset {args.ood_dataset}: {exc}") from None
+    return options, dataset, ood_dataset
 
 
 @contextmanager

@@ -16,15 +16,18 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from service.domain.datasets import ArrayDataset, in_input_range, range_warning
+from service.domain.datasets import UNLABELLED, ArrayDataset, in_input_range, range_warning
 from service.domain.results import EvaluationResult, Progress
 from service.domain.specs import AttackSpecBase, EvaluationOptions
 from workers.attacks import Attack, attack_from_spec
 from workers.attacks.losses import cross_entropy
 from workers.evaluation import diagnostics, probes, sanity
+from workers.evaluation.calibration import calibration
 from workers.evaluation.ensemble import ENSEMBLES, Ensemble, EnsembleOutput
 from workers.evaluation.examples import ExampleKeeper
+from workers.evaluation.ood import OODScoreError, ood_results
 from workers.evaluation.robustness import AttackRun, StageWork, attack_result, cost, per_class, worst_case
+from workers.evaluation.scores import MSP, SCORE_COLUMNS, scores_of
 from workers.models.loading import LoadedModel
 
 # What the engine runs for one attack spec: a registered attack, or an ensemble of them.
@@ -89,6 +92,7 @@ def evaluate(
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     keep_examples: int = 0,
+    ood_dataset: ArrayDataset | None = None,
 ) -> EvaluationOutcome:
     """Evaluate `model` on `dataset` under every attack of `options` at each of its eps values.
 
@@ -105,7 +109,11 @@ def evaluate(
     restart, fewer when it is fooled early or before a restart) plus one scoring forward per run. An eps
     of 0 costs nothing: the clean predictions are the answer.
 
-    Per-sample arrays: labels, clean_pred, clean_correct; for the i-th (attack, eps) result adv_pred_i,
+    OOD (`options.ood`, with its samples as `ood_dataset`): one forward pass per OOD sample scores it, and
+    the clean pass scores the evaluation's own samples.
+
+    Per-sample arrays: labels, clean_pred, clean_correct, clean_scores (N, 3: msp, max_logit, energy),
+    ood_scores (M, 3) with OOD; for the i-th (attack, eps) result adv_pred_i,
     fooled_i, linf_i, l2_i (and target_i when targeted); worst_robust_<norm>_<eps> per worst case.
 
     Raises:
@@ -115,20 +123,25 @@ def evaluate(
     started = time.perf_counter()
     tracker = _Tracker(progress, should_stop)
     x, y, warnings = _prepare(model, dataset, options)
+    x_ood = prepare_ood(model, ood_dataset, options)
     n = x.shape[0]
     units = units_per_sample(options)
-    tracker.total = n + n * units
+    extra = 0 if x_ood is None else x_ood.shape[0]
+    tracker.total = n + extra + n * units
 
-    clean_pred, zero_grad, bad_grad = _clean_pass(model, x, y, options.batch_size, tracker)
+    clean_pred, zero_grad, bad_grad, clean_scores = _clean_pass(model, x, y, options.batch_size, tracker)
+    ood_scores = None if x_ood is None else score_pass(model, x_ood, options.batch_size, tracker)
     clean_correct = clean_pred == y
     keeper = (
         ExampleKeeper.for_samples(y, clean_pred, keep_examples, x.shape[1:]) if keep_examples > 0 else None
     )
-    tracker.total = n + int(clean_correct.sum()) * units
+    tracker.total = n + extra + int(clean_correct.sum()) * units
     runs = attack_runs(model, x, y, clean_pred, options, tracker, keeper=keeper)
     outcome = summarize(
         runs, y, clean_pred, zero_grad, bad_grad, options, warnings=warnings, num_classes=model.num_classes,
         model_sha256=model.sha256, dataset_sha256=dataset.sha256, seconds=time.perf_counter() - started,
+        clean_scores=clean_scores, ood_scores=ood_scores,
+        ood_dataset_sha256=None if ood_dataset is None else ood_dataset.sha256,
     )  # fmt: skip
     if keeper is not None:
         accuracies = [a.robust_accuracy for a in outcome.result.attacks]
@@ -202,8 +215,13 @@ def summarize(
     model_sha256: str,
     dataset_sha256: str,
     seconds: float,
+    clean_scores: np.ndarray | None = None,
+    ood_scores: np.ndarray | None = None,
+    ood_dataset_sha256: str | None = None,
 ) -> EvaluationOutcome:
-    """The report and the per-sample arrays from the clean pass and the attack runs (see `evaluate`)."""
+    """The report and the per-sample arrays from the clean pass and the attack runs (see `evaluate`).
+
+    Calibration needs `clean_scores`; OOD figures need `ood_scores` too (and `options.ood`)."""
     n = y.shape[0]
     lo, hi = options.input_range
     clean_correct = clean_pred == y
@@ -223,6 +241,14 @@ def summarize(
 
     # The clean pass: one forward and one backward each; the model probes: a few forward passes.
     forward = n + probes.probe_passes(n) + sum(run.forward for run in runs)
+    forward += 0 if ood_scores is None else ood_scores.shape[0]
+    ood = None
+    if options.ood is not None and clean_scores is not None and ood_scores is not None:
+        columns = [SCORE_COLUMNS.index(name) for name in options.ood.scores]
+        try:
+            ood = ood_results(options.ood.scores, clean_scores[:, columns], ood_scores[:, columns])
+        except OODScoreError as exc:
+            raise EvaluationError(str(exc)) from exc
     backward = n + sum(run.backward for run in runs)
     result = EvaluationResult(
         num_samples=n,
@@ -232,8 +258,11 @@ def summarize(
         worst_case=worst,
         warnings=warnings,
         cost=cost(forward, backward, n),
+        calibration=None if clean_scores is None else calibration(clean_scores[:, MSP], clean_correct),
+        ood=ood,
         model_sha256=model_sha256,
         dataset_sha256=dataset_sha256,
+        ood_dataset_sha256=ood_dataset_sha256,
         seed=options.seed,
         input_range=(lo, hi),
         seconds=seconds,
@@ -244,6 +273,10 @@ def summarize(
         "clean_pred": clean_pred,
         "clean_correct": clean_correct,
     }
+    if clean_scores is not None:
+        per_sample["clean_scores"] = clean_scores
+    if ood_scores is not None:
+        per_sample["ood_scores"] = ood_scores
     for i, run in enumerate(runs):
         per_sample[f"adv_pred_{i}"] = run.adv_pred
         per_sample[f"fooled_{i}"] = run.fooled
@@ -269,6 +302,8 @@ def _prepare(
     x = np.asarray(data.x, dtype=np.float32)
     y = np.asarray(data.y, dtype=np.int64)
     x = _fit_shape(x, model.input_shape)
+    if data.num_classes == 0:
+        raise EvaluationError(f"the dataset {UNLABELLED}")
     if y.min() < 0 or y.max() >= model.num_classes:
         raise EvaluationError(
             f"the labels range over [{y.min()}, {y.max()}] but the model has {model.num_classes} outputs "
@@ -283,19 +318,43 @@ def _prepare(
                 f"target class {spec.target} of {spec.name} does not exist: the model has "
                 f"{model.num_classes} classes"
             )
-    lo, hi = options.input_range
+    x_min, x_max = _check_values(x, options.input_range, "x")
+    warning = range_warning(x_min, x_max, options.input_range)
+    x = np.clip(x, *options.input_range)
+    return x, y, ([] if warning is None else [warning]) + probes.model_warnings(model, x, options)
+
+
+def prepare_ood(
+    model: LoadedModel, dataset: ArrayDataset | None, options: EvaluationOptions
+) -> np.ndarray | None:
+    """The OOD samples as the evaluation's own: the same max_samples, input range and shape checks."""
+    if options.ood is None:
+        return None
+    if dataset is None:
+        raise EvaluationError("the evaluation asks for ood but no OOD dataset was given")
+    data = in_input_range(dataset.take(options.max_samples), options.input_range)
+    x = np.asarray(data.x, dtype=np.float32)
+    try:
+        x = _fit_shape(x, model.input_shape)
+    except EvaluationError as exc:
+        raise EvaluationError(f"the OOD dataset does not fit the model: {exc}") from None
+    _check_values(x, options.input_range, "the OOD dataset's x")
+    return np.clip(x, *options.input_range)
+
+
+def _check_values(x: np.ndarray, input_range: tuple[float, float], what: str) -> tuple[float, float]:
+    """x's smallest and largest values, or EvaluationError when they are not finite or not in range."""
+    lo, hi = input_range
     tolerance = _RANGE_TOLERANCE * (hi - lo)
     x_min, x_max = float(x.min()), float(x.max())
     if not (np.isfinite(x_min) and np.isfinite(x_max)):
-        raise EvaluationError("x holds NaN or infinite values; every sample must be finite")
+        raise EvaluationError(f"{what} holds NaN or infinite values; every sample must be finite")
     if x_min < lo - tolerance or x_max > hi + tolerance:
         raise EvaluationError(
-            f"x has values in [{x_min:g}, {x_max:g}] outside input_range [{lo:g}, {hi:g}]; "
+            f"{what} has values in [{x_min:g}, {x_max:g}] outside input_range [{lo:g}, {hi:g}]; "
             "set input_range to the model's input range"
         )
-    warning = range_warning(x_min, x_max, options.input_range)
-    x = np.clip(x, lo, hi)
-    return x, y, ([] if warning is None else [warning]) + probes.model_warnings(model, x, options)
+    return x_min, x_max
 
 
 def _fit_shape(x: np.ndarray, model_shape: tuple[int, ...]) -> np.ndarray:
@@ -332,7 +391,7 @@ def _clean_function(model: LoadedModel) -> Callable[..., Any]:
         flat = tf.reshape(grad, [tf.shape(x)[0], -1])
         zero = tf.reduce_all(tf.equal(flat, 0.0), axis=1)
         nonfinite = tf.logical_not(tf.reduce_all(tf.math.is_finite(flat), axis=1))
-        return tf.argmax(z, axis=-1, output_type=tf.int64), zero, nonfinite
+        return tf.argmax(z, axis=-1, output_type=tf.int64), zero, nonfinite, scores_of(z)
 
     run: Callable[..., Any] = tf.function(graph, input_signature=signature, autograph=False)
     model.cache[key] = run
@@ -341,17 +400,36 @@ def _clean_function(model: LoadedModel) -> Callable[..., Any]:
 
 def _clean_pass(
     model: LoadedModel, x: np.ndarray, y: np.ndarray, batch_size: int, tracker: _Tracker
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Predictions, zero- and bad-gradient flags, and the (N, 3) scores of `scores.SCORE_COLUMNS`."""
     run = _clean_function(model)
-    preds, zeros, bads = [], [], []
+    preds, zeros, bads, scores = [], [], [], []
     for start in range(0, x.shape[0], batch_size):
         tracker.check()
-        pred, zero, bad = run(x[start : start + batch_size], y[start : start + batch_size])
+        pred, zero, bad, score = run(x[start : start + batch_size], y[start : start + batch_size])
         preds.append(pred.numpy())
         zeros.append(zero.numpy())
         bads.append(bad.numpy())
+        scores.append(score.numpy())
         tracker.advance(min(batch_size, x.shape[0] - start), "clean")
-    return np.concatenate(preds), np.concatenate(zeros), np.concatenate(bads)
+    return np.concatenate(preds), np.concatenate(zeros), np.concatenate(bads), np.concatenate(scores)
+
+
+def score_pass(model: LoadedModel, x: np.ndarray, batch_size: int, tracker: _Tracker) -> np.ndarray:
+    """The (N, 3) scores of samples that have no labels (the OOD set): one forward pass each."""
+    key = ("scores",)
+    if key not in model.cache:
+        signature = [tf.TensorSpec((None, *model.input_shape), tf.float32)]
+        model.cache[key] = tf.function(
+            lambda x: scores_of(model.logits(x)), input_signature=signature, autograph=False
+        )
+    run = model.cache[key]
+    scores = []
+    for start in range(0, x.shape[0], batch_size):
+        tracker.check()
+        scores.append(run(x[start : start + batch_size]).numpy())
+        tracker.advance(min(batch_size, x.shape[0] - start), "ood scores")
+    return np.concatenate(scores)
 
 
 def _run_attack(

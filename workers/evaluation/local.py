@@ -27,6 +27,7 @@ def run_local_evaluation(
     *,
     output: OutputKind | str = "auto",
     progress: Callable[[Progress], None] | None = None,
+    ood_dataset: ArrayDataset | None = None,
 ) -> EvaluationOutcome:
     dataset = dataset_ref if isinstance(dataset_ref, ArrayDataset) else load_dataset(dataset_ref)
     try:
@@ -36,7 +37,7 @@ def run_local_evaluation(
             sha256=path_sha256(model_path),
             probe=dataset.x[:PROBE_SAMPLES],
         )
-        return evaluate(model, dataset, options, progress=progress)
+        return evaluate(model, dataset, options, progress=progress, ood_dataset=ood_dataset)
     except (ModelLoadError, EvaluationError) as exc:
         raise LocalEvaluationError(str(exc)) from exc
 

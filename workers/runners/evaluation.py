@@ -15,7 +15,7 @@ from service.domain.results import EvaluationResult
 from service.domain.specs import EvaluationSpec
 from service.domain.tasks import RUN_EVALUATION
 from service.store.records import JobRecord
-from workers.context import WorkerContext, dataset_arg, model_record, model_ref
+from workers.context import WorkerContext, dataset_arg, model_record, model_ref, ood_dataset_arg
 from workers.evaluation.examples import examples_npz
 from workers.runners.base import WholeJobRunner
 from workers.runtime.heartbeat import Heartbeat
@@ -50,6 +50,7 @@ class EvaluationRunner(WholeJobRunner):
                     "dataset": dataset_arg(ctx, session, spec.dataset_id),
                     "spec": claim.spec,
                     "keep_examples": EXAMPLES_PER_CLASS,
+                    **ood_dataset_arg(ctx, session, spec),
                 },
             )
             result = EvaluationResult.model_validate(value).model_dump(mode="json")

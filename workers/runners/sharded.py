@@ -34,7 +34,7 @@ from service.errors import NotFound
 from service.settings import Settings
 from service.store.records import JobRecord
 from service.store.shards import ShardRecord, ShardSpan, ShardStore, parse_shard_key, shard_key
-from workers.context import WorkerContext, dataset_arg, model_record, model_ref
+from workers.context import WorkerContext, dataset_arg, model_record, model_ref, ood_dataset_arg
 from workers.evaluation import engine as evaluation
 from workers.evaluation.robustness import AttackRun
 from workers.evaluation.run_arrays import merged_run
@@ -86,7 +86,8 @@ def _wants_shards(ctx: WorkerContext, job_id: str) -> bool:
     except Exception:  # whatever is wrong, the whole-job path reports it with a sentence
         return False
     samples = min(available, spec.max_samples) if spec.max_samples else available
-    return samples >= ctx.settings.shard_min_samples
+    # Shards split attack work; without attacks, the forward passes are one worker's job.
+    return bool(spec.attacks) and samples >= ctx.settings.shard_min_samples
 
 
 def _units_per_sample(options: EvaluationOptions) -> float:
@@ -133,13 +134,15 @@ class _Coordinator(WholeJobRunner):
                     "dataset": dataset_arg(ctx, session, spec.dataset_id),
                     "spec": claim.spec,
                     "units_per_sample": units,
+                    **ood_dataset_arg(ctx, session, spec),
                 },
             )
             clean = session.arrays(CLEAN_FILE)
         y, clean_pred = clean["labels"], clean["clean_pred"]
         directory = shard_dir(settings, job_id)
         _save_npz(directory / "clean.npz", clean)
-        facts = {key: meta[key] for key in ("num_classes", "model_sha256", "dataset_sha256", "warnings")}
+        keys = ("num_classes", "model_sha256", "dataset_sha256", "ood_dataset_sha256", "warnings")
+        facts = {key: meta.get(key) for key in keys}
         (directory / "clean.json").write_text(json.dumps(facts))
         correct = int((clean_pred == y).sum())
         spans = plan_spans(correct, options.batch_size, settings.shard_size, units)
@@ -199,7 +202,8 @@ class _Merger(_Coordinator):
             runs, clean["labels"], clean["clean_pred"], clean["zero_grad"], clean["bad_grad"], options,
             warnings=list(meta["warnings"]), num_classes=int(meta["num_classes"]),
             model_sha256=meta["model_sha256"], dataset_sha256=meta["dataset_sha256"],
-            seconds=(ctx.store.now() - started).total_seconds(),
+            seconds=(ctx.store.now() - started).total_seconds(), clean_scores=clean.get("clean_scores"),
+            ood_scores=clean.get("ood_scores"), ood_dataset_sha256=meta.get("ood_dataset_sha256"),
         )  # fmt: skip
         result = outcome.result.model_dump(mode="json")
         write_evaluation_artifacts(ctx, job_id, result, outcome.per_sample)

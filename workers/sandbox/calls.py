@@ -111,6 +111,10 @@ class Calls:
             return _builtin(ref["builtin"])
         return load_npz(Path(ref["path"]))
 
+    def ood_dataset(self, args: dict[str, Any]) -> ArrayDataset | None:
+        ref = args.get("ood_dataset")
+        return None if ref is None else self.dataset(ref)
+
     # ---- the operations -----------------------------------------------------------------------------
 
     def validate(self, args: dict[str, Any], progress: Reporter, should_stop: StopCheck) -> dict[str, Any]:
@@ -144,6 +148,7 @@ class Calls:
             progress=progress,
             should_stop=should_stop,
             keep_examples=args["keep_examples"],
+            ood_dataset=self.ood_dataset(args),
         )
         out = Path(args["out"])
         save_npz(out / PER_SAMPLE_FILE, outcome.per_sample)
@@ -157,17 +162,24 @@ class Calls:
         dataset = self.dataset(args["dataset"])
         options = EvaluationSpec.model_validate(args["spec"]).options()
         x, y, warnings = engine._prepare(model, dataset, options)
+        ood_dataset = self.ood_dataset(args)
+        x_ood = engine.prepare_ood(model, ood_dataset, options)
         tracker = engine._Tracker(progress, should_stop)
-        tracker.total = y.shape[0] * (1 + args["units_per_sample"])
-        clean_pred, zero_grad, bad_grad = engine._clean_pass(model, x, y, options.batch_size, tracker)
-        save_npz(
-            Path(args["out"]) / CLEAN_FILE,
-            {"labels": y, "clean_pred": clean_pred, "zero_grad": zero_grad, "bad_grad": bad_grad},
-        )
+        tracker.total = y.shape[0] * (1 + args["units_per_sample"]) + (0 if x_ood is None else x_ood.shape[0])
+        clean_pred, zero_grad, bad_grad, scores = engine._clean_pass(model, x, y, options.batch_size, tracker)
+        arrays = {
+            "labels": y, "clean_pred": clean_pred, "zero_grad": zero_grad, "bad_grad": bad_grad,
+            "clean_scores": scores,
+        }  # fmt: skip
+        if x_ood is not None:
+            # The OOD set is scored whole here, so the merge judges per-sample scores, never shard figures.
+            arrays["ood_scores"] = engine.score_pass(model, x_ood, options.batch_size, tracker)
+        save_npz(Path(args["out"]) / CLEAN_FILE, arrays)
         return {
             "num_classes": model.num_classes,
             "model_sha256": model.sha256,
             "dataset_sha256": dataset.sha256,
+            "ood_dataset_sha256": None if ood_dataset is None else ood_dataset.sha256,
             "warnings": warnings,
         }
 

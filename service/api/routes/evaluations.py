@@ -14,8 +14,9 @@ from service.api.queue import send_logged
 from service.api.routes.datasets import resolve_dataset
 from service.api.schemas import DatasetOut, JobOut, Problem
 from service.domain import tasks as broker
+from service.domain.builtins import UNLABELLED
 from service.domain.datasets import range_error
-from service.domain.limits import check_steps, evaluation_steps
+from service.domain.limits import check_steps, evaluation_steps, forward_steps
 from service.domain.reuse import evaluation_cache_key
 from service.domain.specs import AttackSpec, EvaluationSpec
 from service.errors import IncompatibleSpec, NotFound
@@ -54,10 +55,11 @@ def submit_evaluation(
     if first is not None:
         response.headers["Location"] = f"/v1/jobs/{first.id}"
         return JobOut.of(first)
-    model, dataset = check_evaluation(spec, store=store, owner=owner, settings=settings)
+    model, dataset, ood = check_evaluation(spec, store=store, owner=owner, settings=settings)
     cache_key = evaluation_cache_key(
-        spec, model_sha256=model.sha256, model_output=model.output, dataset_sha256=dataset.sha256
-    )
+        spec, model_sha256=model.sha256, model_output=model.output, dataset_sha256=dataset.sha256,
+        ood_dataset_sha256=None if ood is None else ood.sha256,
+    )  # fmt: skip
     source = None if spec.no_cache else store.reusable_job(owner, cache_key)
     job, created = store.create_job(
         owner=owner,
@@ -85,10 +87,18 @@ def _copy_artifacts(artifacts: ArtifactStore, source_id: str, job_id: str) -> No
 
 def check_evaluation(
     spec: EvaluationSpec, *, store: JobStore, owner: str, settings: Settings
-) -> tuple[ModelRecord, DatasetOut]:
-    """Refuse, with a sentence, what would certainly fail in the worker; the model and dataset otherwise."""
+) -> tuple[ModelRecord, DatasetOut, DatasetOut | None]:
+    """Refuse, with a sentence, what would certainly fail in the worker; the model, the dataset and the OOD
+    dataset (None without `ood`) otherwise."""
     model = find_model(store, spec.model_id, owner=owner)
     dataset = find_dataset(store, spec.dataset_id, owner=owner)
+    require_labels(spec.dataset_id, dataset, field="dataset_id")
+    ood = None
+    if spec.ood is not None:
+        try:
+            ood = find_dataset(store, spec.ood.dataset_id, owner=owner)
+        except NotFound as exc:
+            raise NotFound(f"ood {exc}") from exc
     if spec.callback_url:
         check_callback_url(spec.callback_url, allow_private=settings.callback_allow_private)
     if model.status == "rejected":
@@ -100,16 +110,56 @@ def check_evaluation(
             f"{settings.max_samples_per_job:,} per job; set max_samples",
             errors=[{"loc": ["body", "max_samples"], "msg": f"at most {settings.max_samples_per_job}"}],
         )
+    ood_samples = 0
+    if spec.ood is not None and ood is not None:
+        ood_samples = ood.num_samples if spec.max_samples is None else min(spec.max_samples, ood.num_samples)
+        if ood_samples > settings.max_samples_per_job:
+            raise IncompatibleSpec(
+                f"this evaluation would score {ood_samples:,} OOD samples, more than the limit of "
+                f"{settings.max_samples_per_job:,} per job; set max_samples",
+                errors=[{"loc": ["body", "max_samples"], "msg": f"at most {settings.max_samples_per_job}"}],
+            )
     check_steps(
-        evaluation_steps(spec.attacks, samples),
+        evaluation_steps(spec.attacks, samples) + forward_steps(ood_samples),
         settings.max_gradient_steps_per_job,
         what="evaluation",
         hint="use fewer samples (max_samples), steps, restarts or eps values",
     )
     check_value_range(spec.dataset_id, dataset, spec.input_range)
+    if spec.ood is not None and ood is not None:
+        check_value_range(spec.ood.dataset_id, ood, spec.input_range)
+        check_ood_shape(model, spec.dataset_id, dataset, spec.ood.dataset_id, ood)
     if model.status == "ready":
         check_fits(model, spec.dataset_id, dataset, spec.attacks)
-    return model, dataset
+    return model, dataset, ood
+
+
+def require_labels(dataset_id: str, dataset: DatasetOut, *, field: str) -> None:
+    """A dataset uploaded without `y` cannot be where labels are needed: a 422 that says what to do."""
+    if not dataset.labelled or dataset.num_classes == 0:
+        raise IncompatibleSpec(
+            f"dataset {dataset_id} {UNLABELLED}",
+            errors=[{"loc": ["body", field], "msg": "needs a dataset with labels (y)"}],
+        )
+
+
+def check_ood_shape(
+    model: ModelRecord, dataset_id: str, dataset: DatasetOut, ood_id: str, ood: DatasetOut
+) -> None:
+    """The OOD samples go through the model as the evaluation's own do: the same shape check."""
+    if model.status == "ready" and model.input_shape is not None:
+        if _shapes_compatible(model.input_shape, ood.sample_shape):
+            return
+        wanted = f"model {model.id} takes inputs of shape {model.input_shape}"
+    elif _shapes_compatible(dataset.sample_shape, ood.sample_shape):
+        return
+    else:
+        wanted = f"dataset {dataset_id} has samples of shape {dataset.sample_shape}"
+    raise IncompatibleSpec(
+        f"OOD dataset {ood_id} has samples of shape {ood.sample_shape} but {wanted}; the OOD samples must "
+        "have the shape of the evaluation's (resize them, for example 8x8 digits to 28x28)",
+        errors=[{"loc": ["body", "ood", "dataset_id"], "msg": "sample shape differs"}],
+    )
 
 
 def check_value_range(dataset_id: str, dataset: DatasetOut, input_range: tuple[float, float]) -> None:

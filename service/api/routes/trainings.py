@@ -9,7 +9,13 @@ from fastapi import APIRouter, Header, Response, status
 
 from service.api.deps import EnqueuerDep, JobStoreDep, OwnerDep, SettingsDep
 from service.api.queue import send_logged
-from service.api.routes.evaluations import check_fits, check_value_range, find_dataset, find_model
+from service.api.routes.evaluations import (
+    check_fits,
+    check_value_range,
+    find_dataset,
+    find_model,
+    require_labels,
+)
 from service.api.schemas import JobOut, Problem
 from service.domain import tasks as broker
 from service.domain.limits import HELD_OUT_FRACTION, check_steps, training_steps
@@ -78,6 +84,7 @@ def check_training(spec: TrainingSpec, *, store: JobStore, owner: str, settings:
             UNTRAINABLE.format(id=model.id), errors=[{"loc": ["body", "model_id"], "msg": "not trainable"}]
         )
     for field, dataset in datasets.items():
+        require_labels(getattr(spec, field), dataset, field=field)
         if dataset.num_samples > settings.max_samples_per_job:
             raise IncompatibleSpec(
                 f"dataset {dataset.id} has {dataset.num_samples:,} samples, more than the limit of "

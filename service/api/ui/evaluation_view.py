@@ -7,9 +7,11 @@ from typing import Any
 
 from markupsafe import Markup
 
+from service.api.ui.natural_view import natural_view
 from service.api.ui.svg import Bars, Series, bar_chart, line_chart
 from service.api.ui.values import as_list, as_map, class_key, class_map, fmt, num, pct, plain
 from service.domain.headline import headlines
+from service.reports.figures import NO_ATTACKS_NOTE
 
 _WORST = "#000000"
 _CLEAN = "#999999"
@@ -36,6 +38,8 @@ def evaluation_view(result: Mapping[str, Any], *, title_prefix: str = "") -> dic
     quoted = headlines(result)
     tiles += [(h.title(), pct(h.robust_accuracy)) for h in quoted]
     notes = list(dict.fromkeys(h.note() for h in quoted if h.note()))
+    if not attacks:
+        notes.append(NO_ATTACKS_NOTE)
     if any(a.get("cumulative") for a in attacks):
         notes.append(
             "autoattack rows marked cumulative attacked only the samples that survived the next smaller "
@@ -59,6 +63,7 @@ def evaluation_view(result: Mapping[str, Any], *, title_prefix: str = "") -> dic
         ],
         "class_table": _class_table(result, worst),
         "facts": facts(result),
+        "natural": natural_view(result, title_prefix=title_prefix),
     }
 
 

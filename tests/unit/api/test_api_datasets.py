@@ -51,7 +51,7 @@ def test_pickled_npz_is_refused(api: Api) -> None:
         ({"x": np.zeros((2, 2)), "y": np.array([0, -1])}, "non-negative"),
         ({"x": np.zeros((2, 2)), "y": np.array([0.5, 1])}, "integers"),
         ({"x": np.zeros((3, 2)), "y": np.array([0, 1])}, "2 labels"),
-        ({"a": np.zeros((3, 2))}, "'x' and 'y'"),
+        ({"a": np.zeros((3, 2))}, "an array 'x'"),
     ],
 )
 def test_bad_arrays_are_422_with_the_reason(api: Api, arrays: dict[str, np.ndarray], words: str) -> None:

@@ -79,7 +79,10 @@ def test_top_level_use_lower_bound_is_the_default_of_every_check(tmp_path: Path)
             BASIC.replace("[evaluation]", "[evaluation]\nbatchsize = 3"),
             "'evaluation.batchsize' is not a known key",
         ),
-        ('[model]\npath = "model.keras"\n[dataset]\nid = "x"\n', "'checks' is required"),
+        (
+            '[model]\npath = "model.keras"\n[dataset]\nid = "x"\n',
+            "add at least one [[checks]] table (an attack), or an [ood] table",
+        ),
     ],
 )
 def test_bad_files_are_one_sentence_naming_the_file(tmp_path: Path, text: str, message: str) -> None:

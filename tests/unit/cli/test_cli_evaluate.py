@@ -117,6 +117,23 @@ def test_json_is_the_api_result_object(model_files: dict[str, Path], tmp_path: P
     } <= set(body["attacks"][0])
 
 
+def test_an_ood_set_needs_no_attack(
+    model_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, ood = tmp_path / "r.json", tmp_path / "noise.npz"
+    np.savez(ood, x=np.random.default_rng(0).random((30, 28, 28, 1)).astype(np.float32))
+    argv = ["evaluate", "--model", str(model_files["keras"]), "--dataset", "builtin:mnist-5k:test",
+            "--max-samples", "30", "--ood-dataset", str(ood), "--ood-scores", "msp",
+            "--json", str(out)]  # fmt: skip
+    assert main([*argv, "--quiet"]) == 0
+    assert "ran no attack" in capsys.readouterr().out
+    result = EvaluationResult.model_validate_json(out.read_text())
+    assert result.attacks == [] and [row.score for row in result.ood or []] == ["msp"]
+    assert result.calibration is not None and result.ood_dataset_sha256 is not None
+    assert main(["evaluate", "--model", str(model_files["keras"]), "--dataset", "builtin:digits"]) == 2
+    assert "at least one --attack, or --ood-dataset" in capsys.readouterr().err
+
+
 # ---- input checks before TensorFlow, and TensorFlow's start-up lines ------------------------------------
 
 _RUN = """
@@ -138,7 +155,7 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 def _bad_datasets(root: Path) -> dict[str, tuple[Path, str]]:
     x = np.zeros((4, 28, 28, 1), np.float32)
     cases = {
-        "keys": ({"x": x, "labels": np.arange(4)}, "'x' and 'y'"),
+        "keys": ({"x": x, "labels": np.arange(4)}, "has no labels"),
         "shapes": ({"x": x, "y": np.arange(3)}, "3 labels but x has 4 samples"),
         "negative": ({"x": x, "y": np.array([0, 1, -1, 2])}, "non-negative"),
         "flat": ({"x": np.zeros(4, np.float32), "y": np.arange(4)}, "at least one feature axis"),

@@ -212,3 +212,19 @@ def test_hints_name_the_cli_command_not_the_route(worker: Worker, capsys: pytest
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "upload it with `parry upload-model FILE`" in err and "POST /v1/models" not in err
+
+
+def test_submit_with_an_ood_dataset_needs_no_attack(
+    api: Api, worker: Worker, project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["submit", "--model", str(project / "model.zip"), "--dataset", str(project / "data.npz"),
+            "--ood-dataset", str(project / "data.npz"), "--ood-scores", "energy,msp"]  # fmt: skip
+    assert main(argv) == 0
+    job_id = capsys.readouterr().out.strip()
+    spec = api.store.get_job(job_id).spec
+    assert spec["attacks"] == [] and spec["ood"]["scores"] == ["energy", "msp"]
+    assert spec["ood"]["dataset_id"] == spec["dataset_id"]  # the same bytes: one upload
+    assert main(["submit", "--model", "mdl_x", "--dataset", "builtin:digits"]) == 2
+    assert "at least one --attack, or --ood-dataset" in capsys.readouterr().err
+    assert main([*argv[:5], "--attack", "fgsm:eps=0.1", "--ood-scores", "msp"]) == 2
+    assert "--ood-scores needs --ood-dataset" in capsys.readouterr().err

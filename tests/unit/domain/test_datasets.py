@@ -3,7 +3,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.domain.datasets import DatasetError, load_builtin, load_dataset, load_npz, summarize_npz
+from service.domain.datasets import (
+    NO_LABEL,
+    DatasetError,
+    load_builtin,
+    load_dataset,
+    load_npz,
+    summarize_npz,
+)
 
 
 def test_builtin_splits_are_fixed_disjoint_and_complete() -> None:
@@ -50,7 +57,7 @@ def test_npz_one_hot_and_integer_labels(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("arrays", "says"),
     [
-        ({"x": np.zeros((3, 2))}, "'x' and 'y'"),
+        ({"y": np.zeros(3)}, "an array 'x'"),
         ({"x": np.zeros((3, 2)), "y": np.array([0, 1])}, "2 labels but x has 3"),
         ({"x": np.full((2, 2), np.nan), "y": np.array([0, 1])}, "NaN"),
         ({"x": np.zeros((2, 2)), "y": np.array([0.5, 1.0])}, "integers"),
@@ -139,3 +146,11 @@ def test_value_range_rules() -> None:
     assert warning is not None and "0.4% of input_range [0, 255]" in warning
     assert range_warning(0.0, 0.05, (0.0, 1.0)) is None  # exactly 5%: enough
     assert range_warning(0.2, 0.24, (0.0, 1.0)) is not None
+
+
+def test_x_only_is_a_dataset_without_labels(tmp_path: Path) -> None:
+    path = _npz(tmp_path, x=np.zeros((4, 3, 3, 1)))
+    data = load_npz(path)
+    assert (data.num_samples, data.num_classes) == (4, 0) and (data.y == NO_LABEL).all()
+    summary = summarize_npz(path)
+    assert (summary.num_samples, summary.num_classes, summary.sample_shape) == (4, 0, (3, 3, 1))

@@ -46,6 +46,8 @@ AUTOATTACK_SPEC = {
         {"name": "pgd", "eps": 0.1, "steps": 3, "targeted": True},
     ],
 }
+# OOD scores are per sample from the clean pass: the merge must judge them as one worker does.
+OOD_SPEC = {**SPEC, "ood": {"dataset_id": "builtin:digits:train", "scores": ["energy", "msp"]}}
 TIMING = {"seconds", "samples_per_second"}
 
 
@@ -143,6 +145,7 @@ def test_shard_keys_round_trip() -> None:
     "spec",
     [
         pytest.param(SPEC, id="attacks"),
+        pytest.param(OOD_SPEC, id="ood"),
         pytest.param(
             AUTOATTACK_SPEC,
             id="autoattack",
@@ -181,6 +184,10 @@ def test_sharded_evaluation_merges_into_the_single_worker_report(
     assert sharded.result is not None and whole.result is not None
     assert _without_timing(sharded.result) == _without_timing(whole.result)
     assert sharded.result["attacks"][2]["robust_accuracy"] < sharded.result["clean_accuracy"]
+    assert sharded.result["calibration"] is not None
+    if spec is OOD_SPEC:
+        assert [row["score"] for row in sharded.result["ood"]] == ["energy", "msp"]
+        assert sharded.result["ood"][0]["num_out"] == 1438
     if spec is AUTOATTACK_SPEC:  # the stages and the per-sample stage arrays merged too
         assert [len(row["stages"] or []) for row in sharded.result["attacks"]] == [0, 2, 2, 0]
         assert sharded.result["attacks"][2]["cumulative"] is True
