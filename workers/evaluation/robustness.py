@@ -64,6 +64,9 @@ class AttackRun:
     stages: list[StageWork] | None = None
     broken_by: np.ndarray | None = None
     cumulative: bool = False
+    # A minimum-norm attack's one run (eps is inf): each sample's smallest adversarial norm, 0 for samples
+    # wrong when clean, inf where none was found. Its eps rows are derived (evaluation/minimum_norm.py).
+    norms: np.ndarray | None = None
 
 
 def _robust(run: AttackRun, clean_correct: np.ndarray) -> np.ndarray:
