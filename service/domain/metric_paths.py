@@ -3,6 +3,9 @@
     clean_accuracy               the clean accuracy
     worst_case.<norm>.<eps>      the worst case over every attack at that norm and eps (worst_case.linf.0.3)
     attacks.<index>.<eps>        the robust accuracy of the index-th attack of the spec at that eps
+    minimum_norm.<attack>.<norm>.<statistic>
+                                 a minimum-norm attack's statistic of the minimal norms: median, mean,
+                                 p10, p25, p75 or p90 (minimum_norm.cw.l2.median); a norm, not a share
 
 Standard library only: specs.py checks the syntax when a threshold is written, verdicts.py reads the number.
 """
@@ -13,9 +16,11 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-MetricKind = Literal["clean_accuracy", "worst_case", "attacks"]
+MetricKind = Literal["clean_accuracy", "worst_case", "attacks", "minimum_norm"]
 NORMS = ("linf", "l2")
-EXAMPLES = "clean_accuracy, worst_case.linf.0.3 or attacks.0.0.3"
+MINIMUM_NORMS = ("linf", "l2", "l1")
+STATISTICS = ("median", "mean", "p10", "p25", "p75", "p90")
+EXAMPLES = "clean_accuracy, worst_case.linf.0.3, attacks.0.0.3 or minimum_norm.cw.l2.median"
 
 
 class MetricPathError(ValueError):
@@ -28,10 +33,19 @@ class MetricPath:
     norm: str | None = None
     eps: float | None = None
     attack: int | None = None
+    attack_name: str | None = None  # minimum_norm only
+    statistic: str | None = None  # minimum_norm only
+
+    @property
+    def is_norm(self) -> bool:
+        """The value is a distance (any size), not an accuracy in [0, 1]."""
+        return self.kind == "minimum_norm"
 
     def __str__(self) -> str:
         if self.kind == "clean_accuracy":
             return self.kind
+        if self.kind == "minimum_norm":
+            return f"minimum_norm.{self.attack_name}.{self.norm}.{self.statistic}"
         middle = self.norm if self.kind == "worst_case" else str(self.attack)
         return f"{self.kind}.{middle}.{self.eps:g}"
 
@@ -44,6 +58,8 @@ def parse_metric(text: str) -> MetricPath:
     path = text.strip()
     if path == "clean_accuracy":
         return MetricPath("clean_accuracy")
+    if path.startswith("minimum_norm."):
+        return _minimum_norm(text, path)
     head, _, rest = path.partition(".")
     middle, _, eps_text = rest.partition(".")  # the eps itself may hold a dot
     if head not in ("worst_case", "attacks") or not middle or not eps_text:
@@ -61,3 +77,17 @@ def parse_metric(text: str) -> MetricPath:
     if not middle.isdigit():
         raise MetricPathError(f"metric {text!r}: {middle!r} is not an attack index (0 for the first attack)")
     return MetricPath("attacks", eps=eps, attack=int(middle))
+
+
+def _minimum_norm(text: str, path: str) -> MetricPath:
+    parts = path.split(".")
+    if len(parts) != 4 or not parts[1]:
+        raise MetricPathError(
+            f"metric {text!r}: write minimum_norm.<attack>.<norm>.<statistic>, e.g. minimum_norm.cw.l2.median"
+        )
+    _, name, norm, statistic = parts
+    if norm not in MINIMUM_NORMS:
+        raise MetricPathError(f"metric {text!r}: the norm must be one of {', '.join(MINIMUM_NORMS)}")
+    if statistic not in STATISTICS:
+        raise MetricPathError(f"metric {text!r}: the statistic must be one of {', '.join(STATISTICS)}")
+    return MetricPath("minimum_norm", norm=norm, attack_name=name, statistic=statistic)

@@ -495,10 +495,21 @@ class Threshold(_Spec):
     metric: str | None = Field(
         default=None,
         max_length=200,
-        description="A metric path: clean_accuracy, worst_case.<norm>.<eps> or attacks.<index>.<eps>.",
+        description="A metric path: clean_accuracy, worst_case.<norm>.<eps>, attacks.<index>.<eps> or "
+        "minimum_norm.<attack>.<norm>.<statistic> (median, mean, p10, p25, p75, p90).",
     )
-    min: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False, description="metric >= min.")
-    max: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False, description="metric <= max.")
+    min: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="metric >= min; at most 1 except on a minimum_norm.* metric (a norm).",
+    )
+    max: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="metric <= max; at most 1 except on a minimum_norm.* metric (a norm).",
+    )
     use_lower_bound: bool = Field(
         default=False,
         description="The lower bound of the 95% (Wilson) interval, not the estimate, must clear the bar "
@@ -521,7 +532,13 @@ class Threshold(_Spec):
                              "min_robust_accuracy")  # fmt: skip
         if self.min is None and self.max is None:
             raise ValueError(f"threshold on {self.metric} needs min or max")
-        parse_metric(self.metric)  # MetricPathError is a ValueError: a 422 with its sentence
+        path = parse_metric(self.metric)  # MetricPathError is a ValueError: a 422 with its sentence
+        too_big = [f"{key} {bar:g}" for key, bar in (("min", self.min), ("max", self.max)) if (bar or 0) > 1]
+        if too_big and not path.is_norm:
+            raise ValueError(
+                f"threshold on {path}: {', '.join(too_big)} is above 1, but {path} is an accuracy in [0, 1] "
+                "(write 0.8 for 80%); only minimum_norm.* metrics, which are norms, take values above 1"
+            )
         return self
 
     def path(self) -> MetricPath | None:
@@ -573,6 +590,13 @@ class EvaluationSpec(EvaluationOptions):
             if not any(norm == path.norm and path.matches_eps(eps) for norm, eps in runs):
                 have = ", ".join(f"worst_case.{norm}.{eps:g}" for norm, eps in runs)
                 raise ValueError(f"threshold on {path}, but no attack runs there; this evaluation has {have}")
+        elif path.kind == "minimum_norm":
+            searches = [a for a in self.attacks if a.minimum_norm]
+            if not any(a.name == path.attack_name and a.norm == path.norm for a in searches):
+                have = (
+                    ", ".join(f"minimum_norm.{a.name}.{a.norm}" for a in searches) or "no minimum-norm attack"
+                )
+                raise ValueError(f"threshold on {path}, but no such attack runs; this evaluation has {have}")
         elif path.kind == "attacks":
             assert path.attack is not None
             if path.attack >= len(self.attacks):

@@ -61,6 +61,13 @@ def junit_report(
 
 def _numbers(outcome: CheckOutcome) -> str:
     lo, hi = outcome.ci95
+    if outcome.is_norm:  # a minimum-norm statistic: a distance, no sampling interval
+        lines = [f"value={outcome.shown(outcome.robust_accuracy)}"]
+        if outcome.min_robust_accuracy is not None:
+            lines.append(f"min={outcome.min_robust_accuracy:g}")
+        if outcome.max_value is not None:
+            lines.append(f"max={outcome.max_value:g}")
+        return "\n".join([*lines, outcome.message])
     lines = [
         f"robust_accuracy={outcome.robust_accuracy:.6f} ({pct(outcome.robust_accuracy)})",
         f"ci95=[{lo:.6f}, {hi:.6f}] ({pct(lo)}–{pct(hi)}, Wilson, {outcome.num_samples} samples)",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from service.domain.headline import headlines
 from service.domain.results import EvaluationResult
-from service.domain.verdicts import NO_THRESHOLDS, CheckOutcome, is_judged, pct
+from service.domain.verdicts import NO_THRESHOLDS, CheckOutcome, attack_label, is_judged, norm_text, pct
 
 
 def markdown_report(
@@ -42,8 +43,8 @@ def markdown_report(
         cells = [
             ("✅" if o.passed else "❌") if is_judged(o) else "—",
             _escape(o.name),
-            pct(o.robust_accuracy),
-            f"{pct(lo)}–{pct(hi)}",
+            o.shown(o.robust_accuracy),
+            "—" if o.is_norm else f"{pct(lo)}–{pct(hi)}",
             required,
         ]
         if with_baseline:
@@ -55,9 +56,36 @@ def markdown_report(
     if any(row.cumulative for row in result.attacks):
         lines += ["", "The autoattack rows at larger eps are cumulative: each attacked only the samples that "
                   "survived the next smaller eps, and the samples broken there count as broken."]  # fmt: skip
+    lines += _minimum_norm_lines(result)
     if result.warnings:
         lines += ["", "Warnings:", *(f"- {_escape(w)}" for w in result.warnings)]
     return "\n".join(lines) + "\n"
+
+
+def _minimum_norm_lines(result: EvaluationResult) -> list[str]:
+    """A table of the minimal norms of each minimum-norm attack (∞: no adversarial found)."""
+    if not result.minimum_norm:
+        return []
+    lines = [
+        "",
+        "Minimal adversarial norms (over the samples correct when clean):",
+        "",
+        "| attack | norm | median | mean (found) | p10 | p25 | p75 | p90 | found |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for entry in result.minimum_norm:
+
+        def shown(value: float | None) -> str:
+            return norm_text(math.inf if value is None else value)
+
+        q = entry.quantiles
+        cells = [
+            _escape(attack_label(entry.name, entry.spec)), entry.norm, shown(entry.median),
+            "—" if entry.mean is None else shown(entry.mean), shown(q.p10), shown(q.p25), shown(q.p75),
+            shown(q.p90), f"{entry.num_found}/{entry.num_attacked}",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _headline_lines(result: EvaluationResult) -> list[str]:
