@@ -12,8 +12,10 @@ clean-correct samples (inf counts as inf), the share found, model passes per sam
 - Foolbox L2CarliniWagnerAttack and L2FMNAttack when foolbox imports beside TensorFlow;
 - PGD-L2 (40 steps) at `--pgd-eps`, and cw's curve at the same eps (the consistency target).
 
-    python bench/minnorm.py [--samples 1000] [--peer-samples 100] [--robust trades] [--cache DIR]
-        [--fmn-steps 200,800] [--pgd-eps 1.0,1.5,2.0] [--no-peers]
+    python bench/minnorm.py [--samples 1000] [--peer-samples 100] [--models clean,trades] [--cache DIR]
+        [--fmn-steps 200,800] [--pgd-eps 1.0,1.5,2.0] [--foolbox-cw-steps 1000] [--no-peers]
+
+Rows print as they finish (a long run shows its figures as it goes).
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ def median_of(norms: np.ndarray) -> float:
     return float(np.sort(norms)[(norms.size - 1) // 2]) if norms.size else float("nan")
 
 
+def show(row: Row) -> Row:
+    label, median, found, passes, seconds = row
+    print(f"  {label:<36} {median:>9.4f} {found:>6.1%} {passes:>13.0f} {seconds:>8.1f}", flush=True)
+    return row
+
+
 def parry_rows(keras_model: Any, samples: int, fmn_steps: list[int], pgd_eps: list[float]) -> list[Row]:
     data = load_builtin("builtin:mnist-5k:test")
     rows: list[Row] = []
@@ -76,7 +84,8 @@ def parry_rows(keras_model: Any, samples: int, fmn_steps: list[int], pgd_eps: li
         entry = outcome.result.minimum_norm[0]
         norms = outcome.per_sample["minimum_norm_0"][outcome.per_sample["clean_correct"]]
         passes = entry.cost.forward_passes / max(entry.num_attacked, 1)
-        rows.append((label, median_of(norms), entry.num_found / max(entry.num_attacked, 1), passes, seconds))
+        found = entry.num_found / max(entry.num_attacked, 1)
+        rows.append(show((label, median_of(norms), found, passes, seconds)))
         if spec.name == "cw":  # its rows at the PGD eps are its curve there
             cw_at = [row.robust_accuracy for row in outcome.result.attacks]
     pgd = EvaluationOptions(attacks=[PGDSpec(eps=pgd_eps, norm="l2", steps=40)], max_samples=samples)
@@ -84,7 +93,7 @@ def parry_rows(keras_model: Any, samples: int, fmn_steps: list[int], pgd_eps: li
     print("  consistency (robust accuracy at each eps: cw's curve, PGD-40-L2; target cw <= PGD + 1 point)")
     for eps, cw_acc, row in zip(pgd_eps, cw_at, rows_pgd, strict=True):
         verdict = "met" if cw_acc <= row.robust_accuracy + 0.01 else "NOT met"
-        print(f"    eps={eps:g}: cw {cw_acc:.1%}  pgd {row.robust_accuracy:.1%}  {verdict}")
+        print(f"    eps={eps:g}: cw {cw_acc:.1%}  pgd {row.robust_accuracy:.1%}  {verdict}", flush=True)
     return rows
 
 
@@ -103,12 +112,12 @@ def art_rows(keras_model: Any, x: np.ndarray, y: np.ndarray, parry_model: Any) -
 
     from workers.attacks import CW
 
-    counter = Counter()
+    seen = tf.Variable(0, dtype=tf.int64, trainable=False)
 
     class Counted(tf.keras.Model):  # type: ignore[misc]
-        def call(self, inputs: Any) -> Any:
-            counter.forward += int(inputs.shape[0])
-            return keras_model(inputs)
+        def call(self, inputs: Any) -> Any:  # ART traces it: count in the graph
+            with tf.control_dependencies([seen.assign_add(tf.cast(tf.shape(inputs)[0], tf.int64))]):
+                return keras_model(tf.identity(inputs))
 
     classifier = TensorFlowV2Classifier(
         Counted(), nb_classes=10, input_shape=(28, 28, 1), clip_values=(0.0, 1.0),
@@ -122,9 +131,9 @@ def art_rows(keras_model: Any, x: np.ndarray, y: np.ndarray, parry_model: Any) -
     seconds = time.perf_counter() - started
     fooled = np.argmax(keras_model(x_adv).numpy(), axis=1) != y
     norms = np.where(fooled, np.sqrt(((x_adv - x) ** 2).reshape(len(x), -1).sum(1)), np.inf)
-    passes = counter.forward / len(x)
+    passes = int(seen.numpy()) / len(x)
     art = ("ART CarliniL2Method (defaults)", median_of(norms), float(fooled.mean()), passes, seconds)
-    rows: list[Row] = [art]
+    rows: list[Row] = [show(art)]
     # Parry's cw with ART's passes: ART's 10 searches, its initial c, steps so the passes match.
     steps = max(1, round(passes / 10))
     cw = CW(binary_search_steps=10, steps=steps, initial_const=0.01, abort_early=False)
@@ -134,11 +143,11 @@ def art_rows(keras_model: Any, x: np.ndarray, y: np.ndarray, parry_model: Any) -
     seconds = time.perf_counter() - started
     label = f"parry cw 10x{steps} (ART's passes)"
     found = float(np.isfinite(out.norms).mean())
-    rows.append((label, median_of(out.norms), found, out.forward_passes / len(x), seconds))
+    rows.append(show((label, median_of(out.norms), found, out.forward_passes / len(x), seconds)))
     return rows
 
 
-def foolbox_rows(keras_model: Any, x: np.ndarray, y: np.ndarray) -> list[Row]:
+def foolbox_rows(keras_model: Any, x: np.ndarray, y: np.ndarray, cw_steps: int) -> list[Row]:
     try:
         import foolbox as fb
         import tensorflow as tf
@@ -156,7 +165,10 @@ def foolbox_rows(keras_model: Any, x: np.ndarray, y: np.ndarray) -> list[Row]:
     xt, yt = tf.constant(x[correct]), tf.constant(y[correct].astype(np.int64))
     rows: list[Row] = []
     for label, attack in [
-        ("foolbox C&W 9x1000", fb.attacks.L2CarliniWagnerAttack(binary_search_steps=9, steps=1000)),
+        (
+            f"foolbox C&W 9x{cw_steps}",
+            fb.attacks.L2CarliniWagnerAttack(binary_search_steps=9, steps=cw_steps),
+        ),
         ("foolbox FMN-L2 200", fb.attacks.L2FMNAttack(steps=200)),
     ]:
         counter.forward = 0
@@ -170,7 +182,7 @@ def foolbox_rows(keras_model: Any, x: np.ndarray, y: np.ndarray) -> list[Row]:
         adv, ok = np.asarray(clipped), np.asarray(success)
         n = adv.shape[0]
         norms = np.where(ok, np.sqrt(((adv - x[correct]) ** 2).reshape(n, -1).sum(1)), np.inf)
-        rows.append((label, median_of(norms), float(ok.mean()), counter.forward / n, seconds))
+        rows.append(show((label, median_of(norms), float(ok.mean()), counter.forward / n, seconds)))
     return rows
 
 
@@ -178,27 +190,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--peer-samples", type=int, default=100)
-    parser.add_argument("--robust", default="trades", choices=sorted(RECIPES))
+    parser.add_argument("--models", default="clean,trades", help=f"clean and any of {', '.join(RECIPES)}")
     parser.add_argument("--cache", type=Path, default=Path("bench-models"))
     parser.add_argument("--fmn-steps", default="200,800")
     parser.add_argument("--pgd-eps", default="1.0,1.5,2.0")
+    parser.add_argument("--foolbox-cw-steps", type=int, default=1000)
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--no-parry", action="store_true", help="the peers' rows only")
     args = parser.parse_args()
     fmn_steps = [int(s) for s in args.fmn_steps.split(",")]
     pgd_eps = [float(e) for e in args.pgd_eps.split(",")]
     data = load_builtin("builtin:mnist-5k:test")
     x = np.asarray(data.x[: args.peer_samples], np.float32).reshape(-1, 28, 28, 1)
     y = np.asarray(data.y[: args.peer_samples], np.int64)
-    for name in ("clean", args.robust):
+    for name in args.models.split(","):
         keras_model = model_named(name, args.cache)
-        print(f"\n== {name}: Parry on {args.samples} images, ART/Foolbox on {args.peer_samples}")
-        rows = parry_rows(keras_model, args.samples, fmn_steps, pgd_eps)
-        if not args.no_peers:
-            rows += art_rows(keras_model, x, y, from_keras(keras_model))
-            rows += foolbox_rows(keras_model, x, y)
+        print(f"\n== {name}: Parry on {args.samples} images, ART/Foolbox on {args.peer_samples}", flush=True)
         print(f"  {'attack':<36} {'median L2':>9} {'found':>6} {'passes/sample':>13} {'seconds':>8}")
-        for label, median, found, passes, seconds in rows:
-            print(f"  {label:<36} {median:>9.4f} {found:>6.1%} {passes:>13.0f} {seconds:>8.1f}")
+        if not args.no_parry:
+            parry_rows(keras_model, args.samples, fmn_steps, pgd_eps)
+        if not args.no_peers:
+            art_rows(keras_model, x, y, from_keras(keras_model))
+            foolbox_rows(keras_model, x, y, args.foolbox_cw_steps)
 
 
 if __name__ == "__main__":
