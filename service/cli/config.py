@@ -12,6 +12,9 @@ A checks file names a model, a dataset, and attacks with the robust accuracy eac
     steps = 20
     min_robust_accuracy = 0.3
     use_lower_bound = true         # the 95% interval's lower bound must clear the bar
+    [[checks]]
+    attack = "cw"                  # a minimum-norm attack (cw, fmn); eps is optional
+    min_median_norm = 1.2          # = [[thresholds]] metric "minimum_norm.cw.l2.median", min 1.2
     [[thresholds]]                 # a bar on any metric path (service/domain/metric_paths.py)
     metric = "worst_case.linf.0.3"
     min = 0.8                      # and/or max = ...
@@ -132,6 +135,12 @@ class CheckEntry(BaseModel):
     attack: str = Field(min_length=1)
     name: str | None = Field(default=None, max_length=200)
     min_robust_accuracy: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    min_median_norm: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Minimum-norm attacks (cw, fmn): the median minimal norm must be at least this.",
+    )
     use_lower_bound: bool | None = None
     max_regression: float | None = Field(default=None, ge=0, le=1)
 
@@ -143,8 +152,9 @@ class MetricThreshold(_Section):
     """One `[[thresholds]]` table: a metric path and the bars its value must clear."""
 
     metric: str = Field(min_length=1, max_length=200)
-    min: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
-    max: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    # At most 1 except on a norm (minimum_norm.*): Threshold says so.
+    min: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    max: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     use_lower_bound: bool | None = None
     name: str | None = Field(default=None, max_length=200)
 
@@ -183,22 +193,38 @@ class CheckConfig(_Section):
         return specs
 
     def thresholds(self) -> list[Threshold]:
-        return (
-            [
-                Threshold(
-                    attack=i,
-                    min_robust_accuracy=check.min_robust_accuracy,
-                    use_lower_bound=self.use_lower_bound
-                    if check.use_lower_bound is None
-                    else check.use_lower_bound,
-                    name=check.name,
+        return [
+            Threshold(
+                attack=i,
+                min_robust_accuracy=check.min_robust_accuracy,
+                use_lower_bound=self.use_lower_bound
+                if check.use_lower_bound is None
+                else check.use_lower_bound,
+                name=check.name,
+            )
+            for i, check in enumerate(self.checks)
+            if check.min_robust_accuracy is not None
+        ] + [
+            *self._median_norm_thresholds(),
+            *(self._metric_threshold(i, bar) for i, bar in enumerate(self.metric_thresholds)),
+            *self._natural(),
+        ]
+
+    def _median_norm_thresholds(self) -> list[Threshold]:
+        """A check's `min_median_norm` as the general bar on `minimum_norm.<attack>.<norm>.median`."""
+        bars = []
+        for i, check in enumerate(self.checks):
+            if check.min_median_norm is None:
+                continue
+            spec = self.attack_specs()[i]
+            if not spec.minimum_norm:
+                raise CheckConfigError(
+                    f"checks[{i}] ({check.attack}): min_median_norm is a bar on a minimum-norm attack "
+                    "(cw, fmn); use min_robust_accuracy for this one"
                 )
-                for i, check in enumerate(self.checks)
-                if check.min_robust_accuracy is not None
-            ]
-            + [self._metric_threshold(i, bar) for i, bar in enumerate(self.metric_thresholds)]
-            + self._natural()
-        )
+            metric = f"minimum_norm.{spec.name}.{spec.norm}.median"
+            bars.append(Threshold(metric=metric, min=check.min_median_norm, name=check.name))
+        return bars
 
     def _natural(self) -> list[Threshold]:
         """`max_ece` and `[ood] min_ood_auroc` as the metric thresholds they stand for."""

@@ -86,6 +86,13 @@ def result_table(result: EvaluationResult) -> Table:
                 *[""] * 5,
                 style="bold",
             )
+    for entry in result.minimum_norm:  # the median minimal norm in the eps column
+        median = "∞" if entry.median is None else f"{entry.median:.4g}"
+        per_sample = entry.cost.forward_per_sample + entry.cost.backward_per_sample
+        table.add_row(
+            f"{attack_label(entry.name, entry.spec)} median minimal norm", entry.norm, median,
+            f"found {entry.num_found}/{entry.num_attacked}", "", "", "", f"{per_sample:.1f}", "",
+        )  # fmt: skip
     return table
 
 

@@ -19,7 +19,7 @@ HELD_OUT_FRACTION = 0.1
 
 def attack_steps(attack: AttackSpecBase) -> int:
     """Gradient steps per sample for one attack over all its eps values (each spec estimates its own)."""
-    return attack.gradient_steps() * len(attack.eps_values())
+    return attack.planned_steps()
 
 
 def forward_steps(samples: int) -> int:

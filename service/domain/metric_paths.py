@@ -5,6 +5,9 @@
     attacks.<index>.<eps>        the robust accuracy of the index-th attack of the spec at that eps
     ood.<score>.<figure>         an OOD detection figure (ood.energy.auroc; figures: OOD_FIGURES)
     calibration.<figure>         calibration.ece or calibration.rms_calibration_error
+    minimum_norm.<attack>.<norm>.<statistic>
+                                 a minimum-norm attack's statistic of the minimal norms: median, mean,
+                                 p10, p25, p75 or p90 (minimum_norm.cw.l2.median); a norm, not a share
 
 Standard library only: specs.py checks the syntax when a threshold is written, verdicts.py reads the number.
 """
@@ -15,12 +18,17 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-MetricKind = Literal["clean_accuracy", "worst_case", "attacks", "ood", "calibration"]
+MetricKind = Literal["clean_accuracy", "worst_case", "attacks", "ood", "calibration", "minimum_norm"]
 NORMS = ("linf", "l2")
+MINIMUM_NORMS = ("linf", "l2", "l1")
+STATISTICS = ("median", "mean", "p10", "p25", "p75", "p90")
 OOD_SCORE_NAMES = ("msp", "max_logit", "energy")  # specs.OODScore's values (specs imports this module)
 OOD_FIGURES = ("auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr")
 CALIBRATION_FIGURES = ("ece", "rms_calibration_error")
-EXAMPLES = "clean_accuracy, worst_case.linf.0.3, attacks.0.0.3, ood.msp.auroc or calibration.ece"
+EXAMPLES = (
+    "clean_accuracy, worst_case.linf.0.3, attacks.0.0.3, ood.msp.auroc, calibration.ece or "
+    "minimum_norm.cw.l2.median"
+)
 
 
 class MetricPathError(ValueError):
@@ -35,6 +43,13 @@ class MetricPath:
     attack: int | None = None
     score: str | None = None  # ood: the score's name
     figure: str | None = None  # ood and calibration: which of their figures
+    attack_name: str | None = None  # minimum_norm only
+    statistic: str | None = None  # minimum_norm only
+
+    @property
+    def is_norm(self) -> bool:
+        """The value is a distance (any size), not an accuracy in [0, 1]."""
+        return self.kind == "minimum_norm"
 
     def __str__(self) -> str:
         if self.kind == "clean_accuracy":
@@ -43,6 +58,8 @@ class MetricPath:
             return f"ood.{self.score}.{self.figure}"
         if self.kind == "calibration":
             return f"calibration.{self.figure}"
+        if self.kind == "minimum_norm":
+            return f"minimum_norm.{self.attack_name}.{self.norm}.{self.statistic}"
         middle = self.norm if self.kind == "worst_case" else str(self.attack)
         return f"{self.kind}.{middle}.{self.eps:g}"
 
@@ -55,6 +72,8 @@ def parse_metric(text: str) -> MetricPath:
     path = text.strip()
     if path == "clean_accuracy":
         return MetricPath("clean_accuracy")
+    if path.startswith("minimum_norm."):
+        return _minimum_norm(text, path)
     head, _, rest = path.partition(".")
     if head in ("ood", "calibration"):
         return _natural_path(text, head, rest)
@@ -90,3 +109,17 @@ def _natural_path(text: str, head: str, rest: str) -> MetricPath:
     if figure not in OOD_FIGURES:
         raise MetricPathError(f"metric {text!r}: the OOD figure must be one of {', '.join(OOD_FIGURES)}")
     return MetricPath("ood", score=score, figure=figure)
+
+
+def _minimum_norm(text: str, path: str) -> MetricPath:
+    parts = path.split(".")
+    if len(parts) != 4 or not parts[1]:
+        raise MetricPathError(
+            f"metric {text!r}: write minimum_norm.<attack>.<norm>.<statistic>, e.g. minimum_norm.cw.l2.median"
+        )
+    _, name, norm, statistic = parts
+    if norm not in MINIMUM_NORMS:
+        raise MetricPathError(f"metric {text!r}: the norm must be one of {', '.join(MINIMUM_NORMS)}")
+    if statistic not in STATISTICS:
+        raise MetricPathError(f"metric {text!r}: the statistic must be one of {', '.join(STATISTICS)}")
+    return MetricPath("minimum_norm", norm=norm, attack_name=name, statistic=statistic)

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from service.domain.specs import Norm, TrainingMethod
+from service.domain.specs import ResultNorm, TrainingMethod
 
 
 class Progress(BaseModel):
@@ -51,7 +51,7 @@ class StageResult(BaseModel):
 
 class AttackResult(BaseModel):
     name: str
-    norm: Norm
+    norm: ResultNorm
     eps: float
     spec: dict[str, Any]
     robust_accuracy: float
@@ -78,7 +78,7 @@ class AttackResult(BaseModel):
 class WorstCaseResult(BaseModel):
     """A sample counts as robust only if every attack at this (norm, eps) failed on it."""
 
-    norm: Norm
+    norm: ResultNorm
     eps: float
     attacks: list[str]
     robust_accuracy: float
@@ -148,12 +148,55 @@ class OODResult(BaseModel):
     roc: RocCurve
 
 
+class CurvePoint(BaseModel):
+    eps: float
+    robust_accuracy: float = Field(description="Share of all samples whose minimal norm is above eps.")
+
+
+class MinimumNormQuantiles(BaseModel):
+    """Quantiles of the minimal norms over the samples correct when clean; null means infinite."""
+
+    p10: float | None
+    p25: float | None
+    p75: float | None
+    p90: float | None
+
+
+class MinimumNormResult(BaseModel):
+    """What one minimum-norm attack (`cw`, `fmn`) found: the distribution of per-sample minimal norms.
+
+    A sample wrong when clean has minimal norm 0; one with no adversarial found has an infinite one, so
+    a median or quantile over more unbroken samples than its rank is null (infinite).
+    """
+
+    name: str
+    norm: ResultNorm
+    attack: int = Field(description="Index of the attack in the evaluation's `attacks`.")
+    spec: dict[str, Any]
+    median: float | None = Field(description="Median minimal norm over the clean-correct samples.")
+    mean: float | None = Field(
+        description="Mean minimal norm over the clean-correct samples an adversarial was found for."
+    )
+    quantiles: MinimumNormQuantiles
+    curve: list[CurvePoint] = Field(
+        description="Robust accuracy against eps, ascending in eps, one point per distinct minimal norm "
+        "(at most 256, evenly spaced in rank beyond that) from eps 0."
+    )
+    num_attacked: int = Field(description="Samples searched: those correct when clean.")
+    num_found: int = Field(description="Searched samples an adversarial was found for.")
+    seconds: float
+    cost: AttackCost
+
+
 class EvaluationResult(BaseModel):
     num_samples: int
     clean_accuracy: float
     per_class_clean_accuracy: dict[str, float] = Field(default_factory=dict)
     attacks: list[AttackResult]
     worst_case: list[WorstCaseResult] = Field(default_factory=list)
+    minimum_norm: list[MinimumNormResult] = Field(
+        default_factory=list, description="One entry per minimum-norm attack, in the spec's order."
+    )
     warnings: list[str] = Field(default_factory=list)
     cost: AttackCost | None = None
     calibration: CalibrationResult | None = Field(

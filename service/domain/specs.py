@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from service.domain.metric_paths import OOD_SCORE_NAMES, MetricPath, parse_metric
 
 Norm = Literal["linf", "l2"]
+# The norms a result row may carry: the bounded attacks' plus L1, which only `fmn` runs in.
+ResultNorm = Literal["linf", "l2", "l1"]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
@@ -28,6 +30,8 @@ class AttackSpecBase(_Spec):
     """What every attack spec has: eps, norm, targeting, plus its cost estimate and its label."""
 
     name: str  # each attack narrows it to its Literal name, the union's discriminator
+    # True for the attacks that find each sample's smallest adversarial in one run (MinimumNormSpec).
+    minimum_norm: ClassVar[bool] = False
     eps: NonNegative | list[NonNegative] = Field(
         description="Perturbation budget in the attack's norm; a list gives one result per value."
     )
@@ -58,6 +62,10 @@ class AttackSpecBase(_Spec):
     def gradient_steps(self) -> int:
         """Forward+backward passes per sample at one eps, at most (the job-size cap counts these)."""
         return 1
+
+    def planned_steps(self) -> int:
+        """Forward+backward passes per sample over every eps of the attack, at most."""
+        return self.gradient_steps() * len(self.eps_values())
 
     def label(self) -> str:
         """A short name that tells the attacks of one report apart: `pgd-40×5 cw`, `apgd-ce-100`."""
@@ -268,6 +276,89 @@ class SquareSpec(_UntargetedSpec):
         return label + (f"×{restarts}" if restarts > 1 else "")
 
 
+class MinimumNormSpec(AttackSpecBase):
+    """A minimum-norm attack: one run finds each sample's smallest adversarial, whatever the eps.
+
+    Its eps values are optional: each gives a row (robust = no adversarial of norm eps or less found),
+    and without any the result has only the attack's `minimum_norm` entry. Untargeted only.
+    """
+
+    minimum_norm: ClassVar[bool] = True
+    eps: NonNegative | list[NonNegative] | None = Field(  # type: ignore[assignment]
+        default=None,
+        description="Optional: budgets at which to report robust accuracy from the minimal norms.",
+    )
+
+    @model_validator(mode="after")
+    def _untargeted(self) -> MinimumNormSpec:
+        if self.targeted:
+            raise ValueError(f"{self.name} is untargeted only: it looks for the nearest wrong class")
+        return self
+
+    def eps_values(self) -> list[float]:
+        return [] if self.eps is None else super().eps_values()
+
+    def planned_steps(self) -> int:
+        return self.gradient_steps()  # one run answers every eps
+
+
+class CWSpec(MinimumNormSpec):
+    """Carlini & Wagner's L2 attack (2017): Adam in tanh space on the f6 margin with confidence kappa, and
+    a binary search over the constant c per sample; each sample keeps its smallest adversarial."""
+
+    name: Literal["cw"] = "cw"
+    norm: Literal["l2"] = "l2"
+    binary_search_steps: int = Field(default=9, ge=1, le=50, description="Searches over c per sample.")
+    steps: int = Field(default=1000, ge=1, le=100_000, description="Adam steps per search.")
+    confidence: float = Field(
+        default=0.0, ge=0, le=1000, allow_inf_nan=False, description="Kappa: the logit margin required."
+    )
+    learning_rate: float = Field(default=0.01, gt=0, le=10, allow_inf_nan=False, description="Adam's.")
+    initial_const: float = Field(
+        default=1e-3, gt=0, le=1e6, allow_inf_nan=False, description="c of the first search."
+    )
+    abort_early: bool = Field(
+        default=True,
+        description="End a sample's search when its loss has not fallen by 0.01% over a tenth of the steps.",
+    )
+
+    def gradient_steps(self) -> int:
+        return self.binary_search_steps * self.steps
+
+    @classmethod
+    def label_of(cls, fields: Mapping[str, Any]) -> str:
+        searches, steps = cls._default(fields, "binary_search_steps"), cls._default(fields, "steps")
+        label = f"cw-{searches}×{steps}"
+        kappa = float(cls._default(fields, "confidence"))
+        return label + (f" κ={kappa:g}" if kappa else "")
+
+
+class FMNSpec(MinimumNormSpec):
+    """Fast Minimum-Norm (Pintor et al., 2021) in L-inf, L2 or L1: normalised gradient steps inside a
+    ball whose radius shrinks after each adversarial iterate and grows after each other one."""
+
+    name: Literal["fmn"] = "fmn"
+    norm: ResultNorm = "linf"  # type: ignore[assignment]
+    steps: int = Field(default=200, ge=1, le=100_000, description="Iterations (one gradient each).")
+    alpha_init: float = Field(
+        default=1.0, gt=0, le=100, allow_inf_nan=False, description="First step size (L2 length)."
+    )
+    alpha_final: float | None = Field(
+        default=None, gt=0, le=100, allow_inf_nan=False, description="Last step size; default alpha_init/100."
+    )
+    gamma_init: float = Field(
+        default=0.05, gt=0, lt=1, description="First relative change of the radius per step."
+    )
+    gamma_final: float = Field(default=0.001, gt=0, lt=1, description="Last relative change of the radius.")
+
+    def gradient_steps(self) -> int:
+        return self.steps
+
+    @classmethod
+    def label_of(cls, fields: Mapping[str, Any]) -> str:
+        return f"fmn-{cls._default(fields, 'steps')}"
+
+
 AutoAttackVersion = Literal["standard", "fast", "rand"]
 
 # AutoAttack's versions as data: each stage is an attack spec's fields (the ensemble adds its eps and norm),
@@ -350,7 +441,16 @@ def available_autoattack_versions() -> list[str]:
 
 # Adding an attack: its spec class above, and one entry in this union.
 AttackSpecUnion = (
-    FGSMSpec | PGDSpec | APGDCESpec | APGDDLRSpec | APGDTSpec | FABTSpec | SquareSpec | AutoAttackSpec
+    FGSMSpec
+    | PGDSpec
+    | APGDCESpec
+    | APGDDLRSpec
+    | APGDTSpec
+    | FABTSpec
+    | SquareSpec
+    | AutoAttackSpec
+    | CWSpec
+    | FMNSpec
 )
 AttackSpec = Annotated[AttackSpecUnion, Field(discriminator="name")]
 ATTACK_SPECS: dict[str, type[AttackSpecBase]] = {
@@ -446,10 +546,21 @@ class Threshold(_Spec):
     metric: str | None = Field(
         default=None,
         max_length=200,
-        description="A metric path: clean_accuracy, worst_case.<norm>.<eps> or attacks.<index>.<eps>.",
+        description="A metric path: clean_accuracy, worst_case.<norm>.<eps>, attacks.<index>.<eps> or "
+        "minimum_norm.<attack>.<norm>.<statistic> (median, mean, p10, p25, p75, p90).",
     )
-    min: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False, description="metric >= min.")
-    max: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False, description="metric <= max.")
+    min: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="metric >= min; at most 1 except on a minimum_norm.* metric (a norm).",
+    )
+    max: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="metric <= max; at most 1 except on a minimum_norm.* metric (a norm).",
+    )
     use_lower_bound: bool = Field(
         default=False,
         description="The lower bound of the 95% (Wilson) interval, not the estimate, must clear the bar "
@@ -472,7 +583,13 @@ class Threshold(_Spec):
                              "min_robust_accuracy")  # fmt: skip
         if self.min is None and self.max is None:
             raise ValueError(f"threshold on {self.metric} needs min or max")
-        parse_metric(self.metric)  # MetricPathError is a ValueError: a 422 with its sentence
+        path = parse_metric(self.metric)  # MetricPathError is a ValueError: a 422 with its sentence
+        too_big = [f"{key} {bar:g}" for key, bar in (("min", self.min), ("max", self.max)) if (bar or 0) > 1]
+        if too_big and not path.is_norm:
+            raise ValueError(
+                f"threshold on {path}: {', '.join(too_big)} is above 1, but {path} is an accuracy in [0, 1] "
+                "(write 0.8 for 80%); only minimum_norm.* metrics, which are norms, take values above 1"
+            )
         return self
 
     def path(self) -> MetricPath | None:
@@ -531,6 +648,13 @@ class EvaluationSpec(EvaluationOptions):
                 raise ValueError(
                     f"threshold on {path}, but this evaluation has no {path.score} OOD score ({have})"
                 )
+        elif path.kind == "minimum_norm":
+            searches = [a for a in self.attacks if a.minimum_norm]
+            if not any(a.name == path.attack_name and a.norm == path.norm for a in searches):
+                have = (
+                    ", ".join(f"minimum_norm.{a.name}.{a.norm}" for a in searches) or "no minimum-norm attack"
+                )
+                raise ValueError(f"threshold on {path}, but no such attack runs; this evaluation has {have}")
         elif path.kind == "attacks":
             assert path.attack is not None
             if path.attack >= len(self.attacks):

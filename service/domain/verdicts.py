@@ -49,14 +49,20 @@ class CheckOutcome:
     # A metric threshold's check (`worst_case.linf.0.3`): its path and its upper bar, if any.
     metric: str | None = None
     max_value: float | None = None
+    # The value is a norm (minimum_norm.*): shown as a number, with no interval; inf when none was found.
+    is_norm: bool = False
+
+    def shown(self, value: float) -> str:
+        """A value of this check as reports print it: a percentage, or a norm."""
+        return norm_text(value) if self.is_norm else pct(value)
 
     def requirement(self) -> str:
         """`≥ 80.0%`, `≤ 5.0%`, both, or empty: the bars this check applies."""
         bars = []
         if self.min_robust_accuracy is not None:
-            bars.append(f"≥ {pct(self.min_robust_accuracy)}")
+            bars.append(f"≥ {self.shown(self.min_robust_accuracy)}")
         if self.max_value is not None:
-            bars.append(f"≤ {pct(self.max_value)}")
+            bars.append(f"≤ {self.shown(self.max_value)}")
         return ", ".join(bars)
 
     @property
@@ -68,6 +74,9 @@ class CheckOutcome:
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
         body["ci95"] = list(self.ci95)
+        if self.is_norm:  # JSON has no infinity: null is "no adversarial found"
+            body["robust_accuracy"] = _finite_or_none(self.robust_accuracy)
+            body["ci95"] = [_finite_or_none(v) for v in self.ci95]
         body["regression"] = self.regression
         return body
 
@@ -84,6 +93,15 @@ def is_judged(outcome: CheckOutcome) -> bool:
 
 def pct(value: float) -> str:
     return f"{100 * value:.1f}%"
+
+
+def norm_text(value: float) -> str:
+    """A norm as reports print it: 4 significant digits, ∞ when no adversarial was found."""
+    return f"{value:.4g}" if math.isfinite(value) else "∞"
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def attack_label(name: str, spec: dict[str, Any]) -> str:
@@ -163,6 +181,7 @@ def _metric_outcome(
         robust_accuracy=0.0, ci95=(0.0, 0.0), num_samples=n, use_lower_bound=bar.use_lower_bound,
         metric=str(path), min_robust_accuracy=bar.min, max_value=bar.max,
     )  # fmt: skip
+    outcome.is_norm = path.is_norm
     found = _metric_row(result, path, origins)
     if found is None:
         outcome.problems.append(f"the result has no value for {path}")
@@ -172,11 +191,12 @@ def _metric_outcome(
     outcome.robust_accuracy, outcome.ci95 = value, ci
     lo, hi = ci
     judged_low, judged_high = (lo, hi) if bar.use_lower_bound else (value, value)
-    which = f" (95% CI {pct(lo)}–{pct(hi)})" if bar.use_lower_bound else ""
+    which = f" (95% CI {pct(lo)}–{pct(hi)})" if bar.use_lower_bound and not path.is_norm else ""
+    shown = outcome.shown
     if bar.min is not None and judged_low < bar.min - 1e-12:
-        outcome.problems.append(f"{path} is {pct(value)}{which}, below the required {pct(bar.min)}")
+        outcome.problems.append(f"{path} is {shown(value)}{which}, below the required {shown(bar.min)}")
     if bar.max is not None and judged_high > bar.max + 1e-12:
-        outcome.problems.append(f"{path} is {pct(value)}{which}, above the allowed {pct(bar.max)}")
+        outcome.problems.append(f"{path} is {shown(value)}{which}, above the allowed {shown(bar.max)}")
     return _concluded(outcome)
 
 
@@ -198,6 +218,8 @@ def _metric_row(
                 label = f"worst case {worst.norm} eps={worst.eps:g} ({names})"
                 return label, worst.robust_accuracy, robust_interval(worst, n)
         return None
+    if path.kind == "minimum_norm":
+        return _minimum_norm_value(result, path)
     for row, (index, eps) in zip(result.attacks, origins, strict=True):
         if index == path.attack and path.matches_eps(eps):
             label = f"{attack_label(row.name, row.spec)} {row.norm} eps={row.eps:g}"
@@ -215,6 +237,27 @@ def natural_value(result: EvaluationResult, path: MetricPath) -> tuple[str, floa
         if row.score == path.score and path.figure is not None:
             return f"OOD {row.score} {path.figure}", float(getattr(row, path.figure))
     return None
+
+
+def _minimum_norm_value(
+    result: EvaluationResult, path: MetricPath
+) -> tuple[str, float, tuple[float, float]] | None:
+    """The statistic of the matching minimum-norm entries (the smallest, when the attack ran twice);
+    a null statistic (more samples unbroken than its rank) is infinite."""
+    values = []
+    for entry in result.minimum_norm:
+        if entry.name == path.attack_name and entry.norm == path.norm:
+            assert path.statistic is not None
+            if path.statistic in ("median", "mean"):
+                value = getattr(entry, path.statistic)
+            else:
+                value = getattr(entry.quantiles, path.statistic)
+            values.append((math.inf if value is None else float(value), entry))
+    if not values:
+        return None
+    value, entry = min(values, key=lambda pair: pair[0])
+    label = f"{attack_label(entry.name, entry.spec)} {entry.norm} {path.statistic} minimal norm"
+    return label, value, (value, value)
 
 
 def _row_origins(result: EvaluationResult, attacks: Sequence[AttackSpecUnion]) -> list[tuple[int, float]]:
@@ -282,7 +325,9 @@ def _pass_message(outcome: CheckOutcome) -> str:
     lo, hi = outcome.ci95
     what = outcome.metric or "robust accuracy"
     text = f"{what} {pct(outcome.robust_accuracy)}"
-    if lo < hi:  # OOD and calibration figures come without an interval
+    if outcome.is_norm:
+        text = f"{what} {norm_text(outcome.robust_accuracy)}"
+    elif lo < hi:  # OOD and calibration figures come without an interval
         text += f" (95% CI {pct(lo)}–{pct(hi)})"
     if outcome.metric is not None:
         text += f", within the bars {outcome.requirement()}"

@@ -63,6 +63,13 @@ def junit_report(
 
 def _numbers(outcome: CheckOutcome) -> str:
     lo, hi = outcome.ci95
+    if outcome.is_norm:  # a minimum-norm statistic: a distance, no sampling interval
+        lines = [f"value={outcome.shown(outcome.robust_accuracy)}"]
+        if outcome.min_robust_accuracy is not None:
+            lines.append(f"min={outcome.min_robust_accuracy:g}")
+        if outcome.max_value is not None:
+            lines.append(f"max={outcome.max_value:g}")
+        return "\n".join([*lines, outcome.message])
     if outcome.attack in ("ood", "calibration"):  # a figure of its own, without a sampling interval
         lines = [f"{outcome.metric}={outcome.robust_accuracy:.6f}"]
     else:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from service.domain.headline import headlines
 from service.domain.results import EvaluationResult
-from service.domain.verdicts import NO_THRESHOLDS, CheckOutcome, is_judged, pct
+from service.domain.verdicts import NO_THRESHOLDS, CheckOutcome, attack_label, is_judged, norm_text, pct
 from service.reports.figures import NO_ATTACKS_NOTE, natural_figures
 
 
@@ -43,8 +44,8 @@ def markdown_report(
         cells = [
             ("✅" if o.passed else "❌") if is_judged(o) else "—",
             _escape(o.name),
-            pct(o.robust_accuracy),
-            f"{pct(lo)}–{pct(hi)}" if lo < hi else "—",
+            o.shown(o.robust_accuracy),
+            f"{pct(lo)}–{pct(hi)}" if lo < hi and not o.is_norm else "—",
             required,
         ]
         if with_baseline:
@@ -59,9 +60,36 @@ def markdown_report(
     figures = natural_figures(result)
     if figures:
         lines += ["", "Figures: " + ", ".join(f"`{name}` {value:.4f}" for name, value in figures.items())]
+    lines += _minimum_norm_lines(result)
     if result.warnings:
         lines += ["", "Warnings:", *(f"- {_escape(w)}" for w in result.warnings)]
     return "\n".join(lines) + "\n"
+
+
+def _minimum_norm_lines(result: EvaluationResult) -> list[str]:
+    """A table of the minimal norms of each minimum-norm attack (∞: no adversarial found)."""
+    if not result.minimum_norm:
+        return []
+    lines = [
+        "",
+        "Minimal adversarial norms (over the samples correct when clean):",
+        "",
+        "| attack | norm | median | mean (found) | p10 | p25 | p75 | p90 | found |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for entry in result.minimum_norm:
+
+        def shown(value: float | None) -> str:
+            return norm_text(math.inf if value is None else value)
+
+        q = entry.quantiles
+        cells = [
+            _escape(attack_label(entry.name, entry.spec)), entry.norm, shown(entry.median),
+            "—" if entry.mean is None else shown(entry.mean), shown(q.p10), shown(q.p25), shown(q.p75),
+            shown(q.p90), f"{entry.num_found}/{entry.num_attacked}",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _headline_lines(result: EvaluationResult) -> list[str]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from service.domain.specs import AttackSpecBase
 from workers.attacks.apgd import APGD, APGDCE, APGDDLR, APGDT
 from workers.attacks.base import Attack, AttackNotApplicable, AttackOutput, derive_seed, random_targets
+from workers.attacks.cw import CW
 from workers.attacks.fab import FABT
 from workers.attacks.fgsm import FGSM
+from workers.attacks.fmn import FMN
 from workers.attacks.iterative import IterativeAttack, IterState
+from workers.attacks.minimum_norm import MinimumNormAttack, MinimumNormOutput
 from workers.attacks.norms import L1, L2, Linf, Norm, norm_for
 from workers.attacks.pgd import PGD
 from workers.attacks.square import Square
@@ -22,6 +25,8 @@ ATTACKS: dict[str, type[Attack]] = {
     APGDT.name: APGDT,
     FABT.name: FABT,
     Square.name: Square,
+    CW.name: CW,
+    FMN.name: FMN,
 }
 
 
@@ -43,6 +48,8 @@ __all__ = [
     "APGDDLR",
     "APGDT",
     "ATTACKS",
+    "CW",
+    "FMN",
     "FABT",
     "FGSM",
     "L1",
@@ -56,6 +63,8 @@ __all__ = [
     "IterState",
     "IterativeAttack",
     "Linf",
+    "MinimumNormAttack",
+    "MinimumNormOutput",
     "Norm",
     "UnknownAttack",
     "attack_from_spec",

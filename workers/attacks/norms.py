@@ -45,7 +45,14 @@ class Norm(ABC):
 
     @abstractmethod
     def project_ball(self, delta: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
-        """The perturbation moved into the eps ball (samples already inside are returned unchanged)."""
+        """The perturbation moved into the eps ball (samples already inside are returned unchanged).
+
+        `eps` is a scalar or one radius per sample, shape (B,) (the minimum-norm attacks' shrinking balls).
+        """
+
+    @abstractmethod
+    def dual_distance(self, grad: tf.Tensor) -> tf.Tensor:
+        """The dual norm of each sample's gradient: a linear function's change per unit step in this norm."""
 
     @abstractmethod
     def ascent_direction(self, grad: tf.Tensor) -> tf.Tensor:
@@ -119,7 +126,11 @@ class Linf(Norm):
         return tf.reduce_max(tf.abs(_flat(delta)), axis=1)
 
     def project_ball(self, delta: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
-        return tf.clip_by_value(delta, -eps, eps)
+        radius = tf.reshape(eps, [-1] + [1] * (len(delta.shape) - 1))
+        return tf.clip_by_value(delta, -radius, radius)
+
+    def dual_distance(self, grad: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_sum(tf.abs(_flat(grad)), axis=1)
 
     def project(self, x_adv: tf.Tensor, x: tf.Tensor, eps: tf.Tensor, lo: float, hi: float) -> tf.Tensor:
         # One clip against the intersection of the box and the ball: idempotent and exact at eps = 0.
@@ -152,6 +163,9 @@ class L2(Norm):
         # output cannot change its prediction.
         outside = per_sample(size > eps * (1.0 + _SLACK), delta)
         return tf.where(outside, delta * per_sample(factor, delta), delta)
+
+    def dual_distance(self, grad: tf.Tensor) -> tf.Tensor:
+        return self.distance(grad)
 
     def project(self, x_adv: tf.Tensor, x: tf.Tensor, eps: tf.Tensor, lo: float, hi: float) -> tf.Tensor:
         # Samples inside the ball keep x_adv itself rather than x + (x_adv - x), which may round differently.
@@ -207,18 +221,22 @@ class L1(Norm):
         flat = _flat(delta)
         magnitude = tf.abs(flat)
         size = tf.reduce_sum(magnitude, axis=1)
+        radius = tf.reshape(eps, [-1, 1])  # (1, 1) for one eps, (B, 1) for one per sample
         # Soft-threshold by theta, the smallest value that brings the L1 norm down to eps.
         ordered = tf.sort(magnitude, axis=1, direction="DESCENDING")
         cumulative = tf.cumsum(ordered, axis=1)
         ranks = tf.cast(tf.range(1, tf.shape(flat)[1] + 1), flat.dtype)
-        positive = ordered - (cumulative - eps) / ranks > 0
+        positive = ordered - (cumulative - radius) / ranks > 0
         # rho = number of coordinates left non-zero (at least 1, which also makes eps = 0 give zero).
         rho = tf.maximum(tf.reduce_sum(tf.cast(positive, tf.int32), axis=1), 1)
         kept_sum = tf.gather(cumulative, rho - 1, batch_dims=1)
-        theta = tf.maximum((kept_sum - eps) / tf.cast(rho, flat.dtype), 0.0)
+        theta = tf.maximum((kept_sum - radius[:, 0]) / tf.cast(rho, flat.dtype), 0.0)
         shrunk = tf.sign(flat) * tf.maximum(magnitude - theta[:, None], 0.0)
-        outside = (size > eps * (1.0 + _SLACK))[:, None]
+        outside = (size > radius[:, 0] * (1.0 + _SLACK))[:, None]
         return tf.reshape(tf.where(outside, shrunk, flat), tf.shape(delta))
+
+    def dual_distance(self, grad: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_max(tf.abs(_flat(grad)), axis=1)
 
     def ascent_direction(self, grad: tf.Tensor) -> tf.Tensor:
         flat = _flat(grad)

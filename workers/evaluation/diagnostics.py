@@ -3,7 +3,8 @@
 Beyond sanity.py's checks on the figures: a single step leaving many samples that iterative attacks
 break, a black-box attack breaking samples no white-box attack did, an ensemble stage still breaking
 samples at its last restart, and a cross-entropy PGD alone disagreeing with the ensemble by more than
-two points. The counts inside each sentence are samples.
+two points, and a bounded attack fooling samples at an eps where a minimum-norm attack found no smaller
+adversarial. The counts inside each sentence are samples.
 """
 
 from __future__ import annotations
@@ -153,3 +154,29 @@ def _pgd40(
         ):
             return "pgd-40 (cross-entropy)", result.robust_accuracy
     return None
+
+
+def bounded_beats_minimum_norm(
+    rows: Sequence[AttackRun], searches: Sequence[AttackRun], clean_correct: np.ndarray
+) -> list[str]:
+    """A bounded attack fooled samples at an eps where a minimum-norm attack found no adversarial that small.
+
+    `rows` are the report's rows (a minimum-norm attack's own eps rows are skipped: they agree with it by
+    construction); `searches` the minimum-norm runs with their per-sample norms.
+    """
+    n = clean_correct.size
+    warnings = []
+    for search in searches:
+        assert search.norms is not None
+        for row in rows:
+            if row.spec.minimum_norm or row.spec.norm != search.spec.norm or row.spec.targeted:
+                continue
+            beaten = int((row.fooled & clean_correct & (search.norms > row.eps)).sum())
+            if beaten > _few(n):
+                warnings.append(
+                    f"{row.spec.label()} found adversarials for {beaten} of {n} samples at {row.spec.norm} "
+                    f"eps={row.eps:g} where {search.spec.label()} found none that small: the minimum-norm "
+                    "search did not converge there, or its gradients mislead (gradient masking); give it "
+                    "more steps before quoting its norms"
+                )
+    return warnings

@@ -19,9 +19,9 @@ import tensorflow as tf
 from service.domain.datasets import UNLABELLED, ArrayDataset, in_input_range, range_warning
 from service.domain.results import EvaluationResult, Progress
 from service.domain.specs import AttackSpecBase, EvaluationOptions
-from workers.attacks import Attack, attack_from_spec
+from workers.attacks import Attack, MinimumNormAttack, attack_from_spec
 from workers.attacks.losses import cross_entropy
-from workers.evaluation import diagnostics, probes, sanity
+from workers.evaluation import diagnostics, minimum_norm, probes, sanity
 from workers.evaluation.calibration import calibration
 from workers.evaluation.ensemble import ENSEMBLES, Ensemble, EnsembleOutput
 from workers.evaluation.examples import ExampleKeeper
@@ -144,11 +144,25 @@ def evaluate(
         ood_dataset_sha256=None if ood_dataset is None else ood_dataset.sha256,
     )  # fmt: skip
     if keeper is not None:
-        accuracies = [a.robust_accuracy for a in outcome.result.attacks]
+        accuracies = _run_accuracies(runs, outcome.result)
         outcome.examples = keeper.arrays(x, y, clean_pred, runs, accuracies, input_range=options.input_range)
     tracker.done = tracker.total
     tracker.advance(0.0, "done")
     return outcome
+
+
+def _run_accuracies(runs: list[AttackRun], result: EvaluationResult) -> list[float]:
+    """Robust accuracy of each run (a minimum-norm run's: at no bound, the samples none was found for)."""
+    rows = iter(result.attacks)
+    accuracies = []
+    for run in runs:
+        if run.norms is None:
+            accuracies.append(next(rows).robust_accuracy)
+            continue
+        for _ in run.spec.eps_values():
+            next(rows)
+        accuracies.append(float(np.isinf(run.norms).mean()))
+    return accuracies
 
 
 def attack_runs(
@@ -164,6 +178,9 @@ def attack_runs(
 ) -> list[AttackRun]:
     """Every attack at every eps, in the report's order; with `batches`, only those global batch indices.
 
+    A minimum-norm attack makes one run (eps inf, with per-sample `norms`) whatever its eps values;
+    `summarize` derives its rows.
+
     A shard (workers/runners/sharded.py) passes its batch range: the seeds come from the global batch
     index, so the shards of an evaluation together compute exactly what one worker computes.
     """
@@ -171,6 +188,18 @@ def attack_runs(
     runs: list[AttackRun] = []
     for index, spec in enumerate(options.attacks):
         attack = runner_for(spec)
+        if isinstance(attack, MinimumNormAttack):  # one search answers every eps
+            units = attack.gradient_steps
+
+            def advance(samples: float, stage: str = spec.name, units: float = units) -> None:
+                tracker.advance(units * samples, stage)
+
+            run = minimum_norm.run_minimum_norm(
+                model, attack, spec, x, y, clean_pred, options, index=index, check=tracker.check,
+                advance=advance, batches=batches, keeper=keeper,
+            )  # fmt: skip
+            runs.append(run)
+            continue
         goal = attack.goals(y, model.num_classes, (options.seed, index))
         previous: AttackRun | None = None
         for eps_index, eps in enumerate(spec.eps_values()):
@@ -195,7 +224,7 @@ def units_per_sample(options: EvaluationOptions) -> float:
     """Progress units of one attacked sample: the most passes every attack at every eps can make."""
     return float(
         sum(
-            runner.gradient_steps * runner.restarts * len(spec.eps_values())
+            runner.gradient_steps * runner.restarts * (1 if spec.minimum_norm else len(spec.eps_values()))
             for spec in options.attacks
             for runner in [runner_for(spec)]
         )
@@ -226,6 +255,9 @@ def summarize(
     lo, hi = options.input_range
     clean_correct = clean_pred == y
     warnings = [*warnings, *sanity.gradient_health(zero_grad, bad_grad)]
+    searches = [run for run in runs if run.norms is not None]
+    work = [run for run in runs if run.norms is None] + searches  # each pass once
+    runs, _ = minimum_norm.split_runs(runs, clean_pred)
     for run in runs:
         warnings += sanity.eps_beyond_range(run.spec.name, run.spec.norm, run.eps, hi - lo)
     results = [attack_result(run, y, clean_correct, num_classes) for run in runs]
@@ -238,9 +270,10 @@ def summarize(
     warnings += sanity.single_step_beats_iterative(results, n)
     warnings += sanity.large_eps_not_reached(worst, hi - lo)
     warnings += diagnostics.masking_warnings(runs, results, clean_correct)
+    warnings += diagnostics.bounded_beats_minimum_norm(runs, searches, clean_correct)
 
     # The clean pass: one forward and one backward each; the model probes: a few forward passes.
-    forward = n + probes.probe_passes(n) + sum(run.forward for run in runs)
+    forward = n + probes.probe_passes(n) + sum(run.forward for run in work)
     forward += 0 if ood_scores is None else ood_scores.shape[0]
     ood = None
     if options.ood is not None and clean_scores is not None and ood_scores is not None:
@@ -249,13 +282,14 @@ def summarize(
             ood = ood_results(options.ood.scores, clean_scores[:, columns], ood_scores[:, columns])
         except OODScoreError as exc:
             raise EvaluationError(str(exc)) from exc
-    backward = n + sum(run.backward for run in runs)
+    backward = n + sum(run.backward for run in work)
     result = EvaluationResult(
         num_samples=n,
         clean_accuracy=float(clean_correct.mean()),
         per_class_clean_accuracy=per_class(clean_correct, y, num_classes),
         attacks=results,
         worst_case=worst,
+        minimum_norm=[minimum_norm.summary(run, clean_correct) for run in searches],
         warnings=warnings,
         cost=cost(forward, backward, n),
         calibration=None if clean_scores is None else calibration(clean_scores[:, MSP], clean_correct),
@@ -288,6 +322,9 @@ def summarize(
             stages = results[i].stages or []
             per_sample[f"stage_{i}"] = run.broken_by
             per_sample[f"stage_names_{i}"] = np.array([s.name for s in stages], dtype=np.str_)
+    for run in searches:
+        assert run.norms is not None
+        per_sample[f"minimum_norm_{run.index}"] = run.norms
     per_sample.update(worst_arrays)
     return EvaluationOutcome(result, per_sample)
 

@@ -65,6 +65,9 @@ class AttackRun:
     broken_by: np.ndarray | None = None
     cumulative: bool = False
     last_restart_broken: int = 0  # samples only the last of several restarts fooled (not an ensemble's)
+    # A minimum-norm attack's one run (eps is inf): each sample's smallest adversarial norm, 0 for samples
+    # wrong when clean, inf where none was found. Its eps rows are derived (evaluation/minimum_norm.py).
+    norms: np.ndarray | None = None
 
 
 def _robust(run: AttackRun, clean_correct: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 A shard (workers/runners/sharded.py) attacks a range of global batches of the clean-correct samples; its
 arrays hold every sample, but only its batches' rows are its own. Passes, queries, seconds and an
-ensemble's stage work are sums, so the merge adds them up over the shards.
+ensemble's stage work are sums, so the merge adds them up over the shards; a minimum-norm run's
+per-sample norms are merged like the other per-sample arrays, and its figures derived afterwards.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def run_arrays(run: AttackRun, i: int) -> dict[str, np.ndarray]:
         f"cumulative_{i}": np.array(run.cumulative),
         f"last_restart_broken_{i}": np.array(run.last_restart_broken),
     }
+    if run.norms is not None:
+        arrays[f"norms_{i}"] = run.norms
     if run.stages is not None and run.broken_by is not None:
         arrays[f"broken_by_{i}"] = run.broken_by
         arrays[f"stage_work_{i}"] = np.array(
@@ -61,8 +64,11 @@ def merged_run(
     last_restart_broken = 0
     work = np.zeros_like(parts[0][f"stage_work_{i}"]) if ensemble else None
     stage_seconds = np.zeros_like(parts[0][f"stage_seconds_{i}"]) if ensemble else None
+    norms = np.where(attacked, np.inf, 0.0) if f"norms_{i}" in parts[0] else None
     for span, part in zip(batches, parts, strict=True):
         mine = indices[span.start * batch_size : span.stop * batch_size]
+        if norms is not None:
+            norms[mine] = part[f"norms_{i}"][mine]
         adv_pred[mine] = part[f"adv_pred_{i}"][mine]
         fooled[mine] = part[f"fooled_{i}"][mine]
         linf[mine] = part[f"linf_{i}"][mine]
@@ -87,4 +93,5 @@ def merged_run(
         spec, index, eps, adv_pred, fooled, linf, l2, attacked, goal, int(passes[0]), int(passes[1]), seconds,
         queries=queries, stages=stages, broken_by=broken_by, cumulative=bool(parts[0][f"cumulative_{i}"]),
         last_restart_broken=last_restart_broken,
+        norms=norms,
     )  # fmt: skip

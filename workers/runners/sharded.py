@@ -91,7 +91,7 @@ def _wants_shards(ctx: WorkerContext, job_id: str) -> bool:
 
 
 def _units_per_sample(options: EvaluationOptions) -> float:
-    return float(sum(spec.gradient_steps() * len(spec.eps_values()) for spec in options.attacks))
+    return float(sum(spec.planned_steps() for spec in options.attacks))
 
 
 def _save_npz(path: Path, arrays: dict[str, Any]) -> None:
@@ -335,7 +335,8 @@ def merge_runs(
     """The whole evaluation's attack runs from the shards' arrays (shard i computed global `batches[i]`)."""
     runs: list[AttackRun] = []
     for index, spec in enumerate(options.attacks):
-        for eps in spec.eps_values():
+        # A minimum-norm attack made one run, whatever its eps (engine.attack_runs).
+        for eps in [math.inf] if spec.minimum_norm else spec.eps_values():
             runs.append(
                 merged_run(spec, index, eps, len(runs), clean_pred, batches, parts, options.batch_size)
             )

@@ -128,5 +128,5 @@ def evaluation_units(options: TrainingOptions, n: int) -> float:
     steps = 0
     for spec in options.evaluate:
         per_eps = getattr(spec, "steps", 1) * getattr(spec, "restarts", 1)
-        steps += per_eps * len(spec.eps_values())
+        steps += spec.planned_steps() if spec.minimum_norm else per_eps * len(spec.eps_values())
     return float(n * (1 + steps)) if options.evaluate else 0.0

@@ -71,7 +71,7 @@ def test_top_level_use_lower_bound_is_the_default_of_every_check(tmp_path: Path)
         ("[model\npath=1", "not valid TOML"),
         (BASIC.replace('path = "model.keras"', ""), "model: give exactly one of path and id"),
         (BASIC.replace('id = "builtin:mnist-5k:test"', 'path = "nope.npz"'), "dataset file"),
-        (BASIC.replace('attack = "fgsm"', 'attack = "cw"'), "checks[1] (cw): unknown attack"),
+        (BASIC.replace('attack = "fgsm"', 'attack = "deepfool"'), "checks[1] (deepfool): unknown attack"),
         (BASIC.replace("steps = 20", "stpes = 20"), "checks[0] (pgd): 'stpes' is neither"),
         (BASIC.replace("steps = 20", "steps = 0"), "checks[0] (pgd): 'steps'"),
         (BASIC.replace("min_robust_accuracy = 0.3", "min_robust_accuracy = 30"), "min_robust_accuracy"),

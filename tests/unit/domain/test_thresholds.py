@@ -60,7 +60,7 @@ def test_a_threshold_is_one_form_or_the_other() -> None:
         ({"attack": 0, "min": 0.5}, "needs attack and min_robust_accuracy, or metric"),
         ({"attack": 0, "min_robust_accuracy": 0.5, "max": 0.9}, "min and max go with metric"),
         ({"metric": "worst_case.linf.x", "min": 0.5}, "not an eps value"),
-        ({"metric": "clean_accuracy", "min": 1.5}, "less than or equal to 1"),
+        ({"metric": "clean_accuracy", "min": 1.5}, "min 1.5 is above 1"),
     ]:
         with pytest.raises(ValueError, match=message):
             Threshold.model_validate(bad)
