@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from service.domain.specs import AttackSpecBase, TrainingOptions
+from service.domain.specs import (
+    QUERIES_PER_GRADIENT_STEP,
+    AttackSpecBase,
+    CorruptionsSpec,
+    TrainingOptions,
+)
 from service.errors import IncompatibleSpec
 
 # A held-out validation split is this fraction of the training data (workers/training split_validation).
@@ -22,9 +27,23 @@ def attack_steps(attack: AttackSpecBase) -> int:
     return attack.gradient_steps() * len(attack.eps_values())
 
 
-def evaluation_steps(attacks: Sequence[AttackSpecBase], samples: int) -> int:
-    """Gradient steps of an evaluation: every attack at every eps on every sample (an upper bound)."""
-    return samples * sum(attack_steps(attack) for attack in attacks)
+def evaluation_steps(
+    attacks: Sequence[AttackSpecBase], samples: int, *, corruptions: CorruptionsSpec | None = None
+) -> int:
+    """Gradient steps of an evaluation: every attack at every eps on every sample (an upper bound), plus
+    the forward passes of its corruptions."""
+    return samples * sum(attack_steps(attack) for attack in attacks) + corruption_steps(corruptions, samples)
+
+
+def corruption_forward_passes(corruptions: CorruptionsSpec | None, samples: int) -> int:
+    """Forward passes of the corruptions: every sample under every corruption at every severity."""
+    return 0 if corruptions is None else samples * corruptions.most_items()
+
+
+def corruption_steps(corruptions: CorruptionsSpec | None, samples: int) -> int:
+    """The corruptions' forward passes as gradient steps, at the rate the black-box attacks count."""
+    passes = corruption_forward_passes(corruptions, samples)
+    return -(-passes // QUERIES_PER_GRADIENT_STEP)
 
 
 def training_steps(spec: TrainingOptions, *, train_samples: int, validation_samples: int) -> int:

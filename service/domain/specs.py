@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from service.domain.corruptions import CORRUPTION_NAMES, SEVERITIES, names_for, unknown_names
 from service.domain.metric_paths import MetricPath, parse_metric
 
 Norm = Literal["linf", "l2"]
@@ -362,6 +363,56 @@ ATTACK_NAMES: tuple[str, ...] = tuple(ATTACK_SPECS)
 ENSEMBLE_NAMES: tuple[str, ...] = ("autoattack",)
 
 
+class CorruptionsSpec(_Spec):
+    """Common corruptions (ImageNet-C / CIFAR-10-C) of the clean samples, and the accuracy on each.
+
+    docs/corruptions.md lists each corruption's parameters per severity.
+    """
+
+    names: Literal["all"] | list[str] = Field(
+        default="all",
+        description="Corruption names, or all (saturate only for colour images). Known: "
+        + ", ".join(CORRUPTION_NAMES)
+        + ".",
+    )
+    severities: list[int] = Field(
+        default_factory=lambda: list(SEVERITIES), description="Severities, each 1 to 5."
+    )
+
+    @field_validator("names")
+    @classmethod
+    def _known_names(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str):
+            return value
+        if not value:
+            raise ValueError("names must be all or a non-empty list of corruption names")
+        unknown = unknown_names(value)
+        if unknown:
+            raise ValueError(f"unknown corruption {', '.join(unknown)}; known: {', '.join(CORRUPTION_NAMES)}")
+        return list(dict.fromkeys(value))
+
+    @field_validator("severities")
+    @classmethod
+    def _known_severities(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("severities must be a non-empty list of integers from 1 to 5")
+        outside = [s for s in value if s not in SEVERITIES]
+        if outside:
+            raise ValueError(f"severity {outside[0]} is outside 1 to 5")
+        return sorted(set(value))
+
+    def selected(self, *, channels: int) -> list[str]:
+        """The corruptions to run on images of `channels` channels: all of them skips saturate on grey."""
+        if self.names == "all":
+            return names_for(list(CORRUPTION_NAMES), channels=channels)
+        return list(self.names)
+
+    def most_items(self) -> int:
+        """(corruption, severity) pairs at most, whatever the images' channels (the job-size cap)."""
+        count = len(CORRUPTION_NAMES) if self.names == "all" else len(self.names)
+        return count * len(self.severities)
+
+
 class EvaluationOptions(_Spec):
     """What an evaluation does, independent of where the model and the data come from."""
 
@@ -370,6 +421,10 @@ class EvaluationOptions(_Spec):
     max_samples: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=256, ge=1, le=65_536)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    corruptions: CorruptionsSpec | None = Field(
+        default=None,
+        description="Accuracy on common corruptions of the clean samples (result.corruptions); null: none.",
+    )
 
     @field_validator("input_range")
     @classmethod

@@ -26,6 +26,8 @@ from workers.evaluation.ensemble import ENSEMBLES, Ensemble, EnsembleOutput
 from workers.evaluation.examples import ExampleKeeper
 from workers.evaluation.robustness import AttackRun, StageWork, attack_result, cost, per_class, worst_case
 from workers.models.loading import LoadedModel
+from workers.natural import runs as corruption_runs
+from workers.natural.runs import CorruptionRuns, CorruptionSetupError
 
 # What the engine runs for one attack spec: a registered attack, or an ensemble of them.
 Runner = Attack | Ensemble
@@ -106,7 +108,11 @@ def evaluate(
     of 0 costs nothing: the clean predictions are the answer.
 
     Per-sample arrays: labels, clean_pred, clean_correct; for the i-th (attack, eps) result adv_pred_i,
-    fooled_i, linf_i, l2_i (and target_i when targeted); worst_robust_<norm>_<eps> per worst case.
+    fooled_i, linf_i, l2_i (and target_i when targeted); worst_robust_<norm>_<eps> per worst case; with
+    corruptions, corruption_correct (items x samples) and corruption_items (`name:severity`).
+
+    Corruptions: after the attacks, every sample (clean-wrong ones too) under each corruption at each
+    severity, one forward pass each, counted in `cost`.
 
     Raises:
         EvaluationError: the data does not fit the model or the input range.
@@ -117,18 +123,24 @@ def evaluate(
     x, y, warnings = _prepare(model, dataset, options)
     n = x.shape[0]
     units = units_per_sample(options)
-    tracker.total = n + n * units
+    images = corruption_images(model, dataset, x, options)
+    corrupt_units = corruption_runs.corruption_units(options.corruptions, n)
+    tracker.total = n + n * units + corrupt_units
 
     clean_pred, zero_grad, bad_grad = _clean_pass(model, x, y, options.batch_size, tracker)
     clean_correct = clean_pred == y
     keeper = (
         ExampleKeeper.for_samples(y, clean_pred, keep_examples, x.shape[1:]) if keep_examples > 0 else None
     )
-    tracker.total = n + int(clean_correct.sum()) * units
+    tracker.total = n + int(clean_correct.sum()) * units + corrupt_units
     runs = attack_runs(model, x, y, clean_pred, options, tracker, keeper=keeper)
+    corrupted = None
+    if images is not None:
+        corrupted = run_corruptions(model, images, y, options, tracker)
     outcome = summarize(
         runs, y, clean_pred, zero_grad, bad_grad, options, warnings=warnings, num_classes=model.num_classes,
         model_sha256=model.sha256, dataset_sha256=dataset.sha256, seconds=time.perf_counter() - started,
+        corruptions=corrupted,
     )  # fmt: skip
     if keeper is not None:
         accuracies = [a.robust_accuracy for a in outcome.result.attacks]
@@ -172,6 +184,46 @@ def attack_runs(
     return runs
 
 
+def corruption_images(
+    model: LoadedModel, dataset: ArrayDataset, x: np.ndarray, options: EvaluationOptions
+) -> np.ndarray | None:
+    """The samples as NHWC images for the corruptions (None when none are asked); raises EvaluationError.
+
+    The model's input shape decides when it is an image; else the dataset's sample shape does (a model
+    fed flat vectors of 28x28 digits gets its digits corrupted as images).
+    """
+    if options.corruptions is None:
+        return None
+    shapes = [tuple(model.input_shape), tuple(dataset.x.shape[1:])]
+    shape = next(
+        (s for s in shapes if len(s) in (2, 3) and int(np.prod(s)) == int(np.prod(x.shape[1:]))), None
+    )
+    try:
+        hwc = corruption_runs.image_shape(shape if shape is not None else tuple(x.shape[1:]))
+        corruption_runs.plan_items(options.corruptions, hwc[-1])  # refuse saturate on grey before attacking
+    except CorruptionSetupError as exc:
+        raise EvaluationError(str(exc)) from None
+    return x.reshape((x.shape[0], *hwc))
+
+
+def run_corruptions(
+    model: LoadedModel,
+    images: np.ndarray,
+    y: np.ndarray,
+    options: EvaluationOptions,
+    tracker: _Tracker,
+    *,
+    span: range | None = None,
+) -> CorruptionRuns:
+    """Accuracy under each corruption (workers/natural/runs.py), with this evaluation's progress."""
+    try:
+        return corruption_runs.run_corruptions(
+            model, images, y, options, check=tracker.check, advance=tracker.advance, span=span
+        )
+    except CorruptionSetupError as exc:
+        raise EvaluationError(str(exc)) from None
+
+
 def runner_for(spec: AttackSpecBase) -> Runner:
     """The attack or the ensemble a validated spec describes."""
     ensemble = ENSEMBLES.get(spec.name)
@@ -202,8 +254,10 @@ def summarize(
     model_sha256: str,
     dataset_sha256: str,
     seconds: float,
+    corruptions: CorruptionRuns | None = None,
 ) -> EvaluationOutcome:
-    """The report and the per-sample arrays from the clean pass and the attack runs (see `evaluate`)."""
+    """The report and the per-sample arrays from the clean pass, the attack runs and the corruptions
+    (see `evaluate`)."""
     n = y.shape[0]
     lo, hi = options.input_range
     clean_correct = clean_pred == y
@@ -223,6 +277,7 @@ def summarize(
 
     # The clean pass: one forward and one backward each; the model probes: a few forward passes.
     forward = n + probes.probe_passes(n) + sum(run.forward for run in runs)
+    forward += 0 if corruptions is None else corruptions.forward
     backward = n + sum(run.backward for run in runs)
     result = EvaluationResult(
         num_samples=n,
@@ -238,6 +293,11 @@ def summarize(
         input_range=(lo, hi),
         seconds=seconds,
         versions=_versions(),
+        corruptions=(
+            None
+            if corruptions is None
+            else corruption_runs.corruptions_result(corruptions, float(clean_correct.mean()))
+        ),
     )
     per_sample: dict[str, np.ndarray] = {
         "labels": y,
@@ -256,6 +316,8 @@ def summarize(
             per_sample[f"stage_{i}"] = run.broken_by
             per_sample[f"stage_names_{i}"] = np.array([s.name for s in stages], dtype=np.str_)
     per_sample.update(worst_arrays)
+    if corruptions is not None:
+        per_sample.update(corruption_runs.per_sample_arrays(corruptions))
     return EvaluationOutcome(result, per_sample)
 
 

@@ -46,6 +46,11 @@ AUTOATTACK_SPEC = {
         {"name": "pgd", "eps": 0.1, "steps": 3, "targeted": True},
     ],
 }
+# Corruptions: each shard scores its own range of all the samples, the last one the rest.
+CORRUPTIONS_SPEC = {
+    **SPEC,
+    "corruptions": {"names": ["gaussian_noise", "contrast", "motion_blur"], "severities": [1, 5]},
+}
 TIMING = {"seconds", "samples_per_second"}
 
 
@@ -143,6 +148,7 @@ def test_shard_keys_round_trip() -> None:
     "spec",
     [
         pytest.param(SPEC, id="attacks"),
+        pytest.param(CORRUPTIONS_SPEC, id="corruptions"),
         pytest.param(
             AUTOATTACK_SPEC,
             id="autoattack",
@@ -184,6 +190,13 @@ def test_sharded_evaluation_merges_into_the_single_worker_report(
     if spec is AUTOATTACK_SPEC:  # the stages and the per-sample stage arrays merged too
         assert [len(row["stages"] or []) for row in sharded.result["attacks"]] == [0, 2, 2, 0]
         assert sharded.result["attacks"][2]["cumulative"] is True
+    if spec is CORRUPTIONS_SPEC:
+        items = sharded.result["corruptions"]["items"]
+        assert [(i["name"], i["severity"]) for i in items] == [
+            ("gaussian_noise", 1), ("gaussian_noise", 5), ("contrast", 1), ("contrast", 5),
+            ("motion_blur", 1), ("motion_blur", 5),
+        ]  # fmt: skip
+        assert items[-1]["accuracy"] < sharded.result["clean_accuracy"]
     a, b = _per_sample(ctx, job_id), _per_sample(ctx, whole_id)
     assert a.keys() == b.keys()
     for name in a:
