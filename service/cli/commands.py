@@ -33,6 +33,7 @@ from service.cli.common import (
     resolve_model_id,
     wait_for_job,
 )
+from service.cli.corruption_options import add_corruption_arguments, corruptions_from_args
 from service.cli.tables import WIDE, job_summary, output_console
 from service.domain.attack_syntax import parse_attack
 from service.domain.specs import EvaluationOptions, TrainingSpec
@@ -127,6 +128,7 @@ def _add_submit(commands: Commands, server: argparse.ArgumentParser) -> None:
     cmd.add_argument(
         "--no-cache", action="store_true", help="run even if an identical evaluation has a result"
     )
+    add_corruption_arguments(cmd)
     _add_wait_options(cmd)
     cmd.set_defaults(run=guarded(_run_submit))
 
@@ -138,6 +140,7 @@ def _run_submit(args: argparse.Namespace) -> int:
         max_samples=args.max_samples,
         batch_size=args.batch_size,
         seed=args.seed,
+        corruptions=corruptions_from_args(args),
     )
     with make_client(args) as client:
         model_id = resolve_model_id(client, args.model, say=err)

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from service.cli.common import EXIT_OK, CommandError, Commands, parse_input_range
+from service.cli.corruption_options import add_corruption_arguments, corruptions_from_args
 from service.cli.installs import require_install
 from service.cli.tables import output_console, result_table
 from service.domain.attack_syntax import describe_validation_error, parse_attack
@@ -80,6 +81,7 @@ def add_evaluate_command(commands: Commands) -> None:
         metavar="FILE",
         help="write per-sample outcomes (which samples fell to which attack) as .npz",
     )
+    add_corruption_arguments(cmd)
     cmd.add_argument("--quiet", action="store_true", help="no progress output")
     cmd.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up log lines")
     cmd.set_defaults(run=_run_evaluate)
@@ -111,6 +113,7 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[EvaluationOptions, ArrayD
     """Everything that can be checked without TensorFlow, checked before it loads (it takes seconds):
     the attacks and options, the model file's format, and the dataset read whole (keys, shapes, labels)."""
     attacks = [parse_attack(text) for text in args.attack]
+    corruptions = corruptions_from_args(args)
     try:
         options = EvaluationOptions(
             attacks=attacks,
@@ -118,6 +121,7 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[EvaluationOptions, ArrayD
             max_samples=args.max_samples,
             batch_size=args.batch_size,
             seed=args.seed,
+            corruptions=corruptions,
         )
     except ValidationError as exc:
         raise CommandError(describe_validation_error(exc)) from None
