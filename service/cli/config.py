@@ -15,6 +15,12 @@ A checks file names a model, a dataset, and attacks with the robust accuracy eac
     [[thresholds]]                 # a bar on any metric path (service/domain/metric_paths.py)
     metric = "worst_case.linf.0.3"
     min = 0.8                      # and/or max = ...
+    [evaluation.corruptions]       # accuracy under common corruptions (docs/corruptions.md)
+    names = "all"                  # or a list of names
+    severities = [1, 3, 5]
+    [[thresholds]]
+    metric = "corruptions.mean_accuracy"   # or corruptions.<name>.<severity>
+    min = 0.7
 
 A `[[thresholds]]` bar is a check of its own: a worst-case bar never replaces an attack's bar.
 Judging a result against these bars is `service.domain.verdicts`.
@@ -34,7 +40,7 @@ from service.domain.attack_syntax import (
     suggestion,
     unknown_attack_hint,
 )
-from service.domain.specs import AttackSpec, AttackSpecUnion, EvaluationSpec, Threshold
+from service.domain.specs import AttackSpec, AttackSpecUnion, CorruptionsSpec, EvaluationSpec, Threshold
 from service.domain.verdicts import DEFAULT_TOLERANCE
 
 CONFIG_NAME = "parry.toml"
@@ -81,6 +87,7 @@ class EvaluationSection(_Section):
     max_samples: int | None = Field(default=None, ge=1)
     input_range: tuple[float, float] = (0.0, 1.0)
     timeout_s: float = Field(default=3600.0, gt=0, description="How long to wait for the job.")
+    corruptions: CorruptionsSpec | None = None
 
 
 class BaselineSection(_Section):
@@ -180,6 +187,7 @@ class CheckConfig(_Section):
             "max_samples": ev.max_samples,
             "batch_size": ev.batch_size,
             "seed": ev.seed,
+            "corruptions": None if ev.corruptions is None else ev.corruptions.model_dump(mode="json"),
             "no_cache": no_cache,
             "thresholds": [t.model_dump(mode="json", exclude_none=True) for t in self.thresholds()],
         }

@@ -450,7 +450,8 @@ class Threshold(_Spec):
     metric: str | None = Field(
         default=None,
         max_length=200,
-        description="A metric path: clean_accuracy, worst_case.<norm>.<eps> or attacks.<index>.<eps>.",
+        description="A metric path: clean_accuracy, worst_case.<norm>.<eps>, attacks.<index>.<eps>, "
+        "corruptions.mean_accuracy or corruptions.<name>.<severity>.",
     )
     min: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False, description="metric >= min.")
     max: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False, description="metric <= max.")
@@ -523,7 +524,18 @@ class EvaluationSpec(EvaluationOptions):
 
     def _check_metric(self, path: MetricPath) -> None:
         """A metric threshold must name a value this evaluation will report."""
-        if path.kind == "worst_case":
+        if path.kind == "corruptions":
+            if self.corruptions is None:
+                raise ValueError(
+                    f"threshold on {path}, but this evaluation has no corruptions; add corruptions"
+                )
+            names = self.corruptions.names
+            if path.corruption is not None and names != "all" and path.corruption not in names:
+                raise ValueError(f"threshold on {path}, but corruptions has names {', '.join(names)}")
+            if path.severity is not None and path.severity not in self.corruptions.severities:
+                have = ", ".join(map(str, self.corruptions.severities))
+                raise ValueError(f"threshold on {path}, but corruptions has severities {have}")
+        elif path.kind == "worst_case":
             runs = sorted({(a.norm, e) for a in self.attacks for e in a.eps_values()})
             if not any(norm == path.norm and path.matches_eps(eps) for norm, eps in runs):
                 have = ", ".join(f"worst_case.{norm}.{eps:g}" for norm, eps in runs)

@@ -187,6 +187,8 @@ def _metric_row(
     n = result.num_samples
     if path.kind == "clean_accuracy":
         return "clean accuracy", result.clean_accuracy, accuracy_interval(result.clean_accuracy, n)
+    if path.kind == "corruptions":
+        return _corruption_row(result, path)
     if path.kind == "worst_case":
         for worst in result.worst_case:
             if worst.norm == path.norm and path.matches_eps(worst.eps):
@@ -198,6 +200,22 @@ def _metric_row(
         if index == path.attack and path.matches_eps(eps):
             label = f"{attack_label(row.name, row.spec)} {row.norm} eps={row.eps:g}"
             return label, row.robust_accuracy, robust_interval(row, n)
+    return None
+
+
+def _corruption_row(
+    result: EvaluationResult, path: MetricPath
+) -> tuple[str, float, tuple[float, float]] | None:
+    corruptions, n = result.corruptions, result.num_samples
+    if corruptions is None:
+        return None
+    if path.corruption is None:
+        # The interval of an accuracy on n samples: each item's is, and their mean is no wider.
+        value = corruptions.mean_accuracy
+        return "mean corruption accuracy", value, accuracy_interval(value, n)
+    for item in corruptions.items:
+        if item.name == path.corruption and item.severity == path.severity:
+            return f"{item.name} severity {item.severity}", item.accuracy, accuracy_interval(item.accuracy, n)
     return None
 
 
