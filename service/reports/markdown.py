@@ -55,9 +55,27 @@ def markdown_report(
     if any(row.cumulative for row in result.attacks):
         lines += ["", "The autoattack rows at larger eps are cumulative: each attacked only the samples that "
                   "survived the next smaller eps, and the samples broken there count as broken."]  # fmt: skip
+    if result.corruptions is not None:
+        lines += ["", _corruptions_line(result)]
     if result.warnings:
         lines += ["", "Warnings:", *(f"- {_escape(w)}" for w in result.warnings)]
     return "\n".join(lines) + "\n"
+
+
+def _corruptions_line(result: EvaluationResult) -> str:
+    corruptions = result.corruptions
+    assert corruptions is not None
+    relative = corruptions.relative_error
+    worst = min(corruptions.items, key=lambda item: item.accuracy, default=None)
+    text = (
+        f"Common corruptions: mean accuracy {pct(corruptions.mean_accuracy)} over {len(corruptions.items)} "
+        f"corruption × severity items"
+    )
+    if relative is not None:
+        text += f", {relative:.2f}× the clean error"
+    if worst is not None:
+        text += f"; lowest {pct(worst.accuracy)} ({worst.name} severity {worst.severity})"
+    return text + "."
 
 
 def _headline_lines(result: EvaluationResult) -> list[str]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from markupsafe import Markup
 
+from service.api.ui.corruptions_view import corruptions_view
 from service.api.ui.svg import Bars, Series, bar_chart, line_chart
 from service.api.ui.values import as_list, as_map, class_key, class_map, fmt, num, pct, plain
 from service.domain.headline import headlines
@@ -59,6 +60,7 @@ def evaluation_view(result: Mapping[str, Any], *, title_prefix: str = "") -> dic
         ],
         "class_table": _class_table(result, worst),
         "facts": facts(result),
+        "corruptions": corruptions_view(result),
     }
 
 
