@@ -143,3 +143,17 @@ def test_unknown_name_and_severity_are_refused(digits: np.ndarray) -> None:
         corrupt(digits, "contrast", 6, seed=0, low=0.0, high=1.0)
     with pytest.raises(CorruptionError, match=r"\(N, H, W, C\)"):
         corrupt(digits.reshape(64, -1), "contrast", 1, seed=0, low=0.0, high=1.0)
+
+
+def test_the_docs_table_is_the_parameters() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[4] / "docs" / "corruptions.md").read_text()
+
+    def cell(value: Any) -> str:
+        return "(" + ", ".join(f"{v:g}" for v in value) + ")" if isinstance(value, tuple) else f"{value:g}"
+
+    for table in (parameters.CIFAR_10_C, parameters.IMAGENET_C):
+        assert f"| {table.source} | 1 | 2 | 3 | 4 | 5 |" in text
+        for name, values in table.values.items():
+            assert f"| `{name}` | " + " | ".join(cell(v) for v in values) + " |" in text, name
