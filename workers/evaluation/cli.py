@@ -27,7 +27,7 @@ from rich.console import Console
 from service.cli.common import EXIT_OK, CommandError, Commands, parse_input_range
 from service.cli.corruption_options import add_corruption_arguments, corruptions_from_args
 from service.cli.installs import require_install
-from service.cli.tables import output_console, result_table
+from service.cli.tables import corruption_table, output_console, result_table
 from service.domain.attack_syntax import describe_validation_error, parse_attack
 from service.domain.builtins import DatasetError, is_builtin
 from service.domain.results import Progress
@@ -100,6 +100,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     except LocalEvaluationError as exc:
         raise CommandError(str(exc)) from exc
     output_console().print(result_table(outcome.result))
+    corruptions = corruption_table(outcome.result)
+    if corruptions is not None:
+        output_console().print(corruptions)
     for warning in outcome.result.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if args.json:
