@@ -22,6 +22,7 @@ from service.cli.common import (
     EXIT_OK,
     CommandError,
     Commands,
+    check_evaluation_work,
     describe_job,
     ensure_dataset_id,
     ensure_ready_model,
@@ -33,6 +34,7 @@ from service.cli.common import (
     resolve_model_id,
     wait_for_job,
 )
+from service.cli.corruption_options import add_corruption_arguments, corruptions_from_args
 from service.cli.tables import WIDE, job_summary, output_console
 from service.domain.attack_syntax import parse_attack
 from service.domain.specs import EvaluationOptions, OODSpec, TrainingSpec
@@ -140,15 +142,14 @@ def _add_submit(commands: Commands, server: argparse.ArgumentParser) -> None:
     cmd.add_argument(
         "--no-cache", action="store_true", help="run even if an identical evaluation has a result"
     )
+    add_corruption_arguments(cmd)
     _add_wait_options(cmd)
     cmd.set_defaults(run=guarded(_run_submit))
 
 
 def _run_submit(args: argparse.Namespace) -> int:
-    if not args.attack and args.ood_dataset is None:
-        raise CommandError("give at least one --attack, or --ood-dataset to measure OOD detection only")
-    if args.ood_scores is not None and args.ood_dataset is None:
-        raise CommandError("--ood-scores needs --ood-dataset")
+    corruptions = corruptions_from_args(args)
+    check_evaluation_work(args, corruptions=corruptions)
     scores = None if args.ood_scores is None else [s.strip() for s in args.ood_scores.split(",") if s.strip()]
     ood = None if args.ood_dataset is None else OODSpec.model_validate(
         {"dataset_id": "-"} | ({} if scores is None else {"scores": scores})
@@ -160,6 +161,7 @@ def _run_submit(args: argparse.Namespace) -> int:
         max_samples=args.max_samples,
         batch_size=args.batch_size,
         seed=args.seed,
+        corruptions=corruptions,
     )
     with make_client(args) as client:
         model_id = resolve_model_id(client, args.model, say=err)

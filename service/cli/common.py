@@ -98,6 +98,17 @@ def parse_input_range(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def check_evaluation_work(args: argparse.Namespace, *, corruptions: object | None) -> None:
+    """`parry submit` and `parry evaluate` need an attack, an OOD set or corruptions to measure."""
+    if not args.attack and args.ood_dataset is None and corruptions is None:
+        raise CommandError(
+            "give at least one --attack, or --ood-dataset or --corruptions to measure OOD detection or "
+            "corruption accuracy only"
+        )
+    if args.ood_scores is not None and args.ood_dataset is None:
+        raise CommandError("--ood-scores needs --ood-dataset")
+
+
 @contextmanager
 def model_file(path: Path) -> Iterator[Path]:
     """The file to upload: the path itself, or a SavedModel directory zipped (byte-identical every time)."""

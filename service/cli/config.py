@@ -23,6 +23,12 @@ A checks file names a model, a dataset, and attacks with the robust accuracy eac
     path = "ood.npz"               # or id = "dst_..."
     scores = ["msp", "energy"]     # default all three: msp, max_logit, energy
     min_ood_auroc = 0.9            # every score's AUROC (ood.<score>.auroc) at least this
+    [evaluation.corruptions]       # accuracy under common corruptions (docs/corruptions.md)
+    names = "all"                  # or a list of names
+    severities = [1, 3, 5]
+    [[thresholds]]
+    metric = "corruptions.mean_accuracy"   # or corruptions.<name>.<severity>
+    min = 0.7
 
 With `[ood]`, `[[checks]]` may be left out: the evaluation then runs no attack.
 A `[[thresholds]]` bar is a check of its own: a worst-case bar never replaces an attack's bar.
@@ -47,6 +53,7 @@ from service.domain.specs import (
     OOD_SCORES,
     AttackSpec,
     AttackSpecUnion,
+    CorruptionsSpec,
     EvaluationSpec,
     OODScore,
     Threshold,
@@ -114,6 +121,7 @@ class EvaluationSection(_Section):
     max_samples: int | None = Field(default=None, ge=1)
     input_range: tuple[float, float] = (0.0, 1.0)
     timeout_s: float = Field(default=3600.0, gt=0, description="How long to wait for the job.")
+    corruptions: CorruptionsSpec | None = None
 
 
 class BaselineSection(_Section):
@@ -263,6 +271,7 @@ class CheckConfig(_Section):
             "max_samples": ev.max_samples,
             "batch_size": ev.batch_size,
             "seed": ev.seed,
+            "corruptions": None if ev.corruptions is None else ev.corruptions.model_dump(mode="json"),
             "no_cache": no_cache,
             "thresholds": [t.model_dump(mode="json", exclude_none=True) for t in self.thresholds()],
         }

@@ -166,3 +166,26 @@ def _training_summary(result: TrainingResult) -> list[RenderableType]:
     if result.model_id:
         parts.append(Text(f"new model: {result.model_id}", style="bold"))
     return parts
+
+
+def corruption_table(result: EvaluationResult) -> Table | None:
+    """Accuracy per corruption (rows) and severity (columns), with the mean and relative error as caption."""
+    corruptions = result.corruptions
+    if corruptions is None:
+        return None
+    severities = sorted({item.severity for item in corruptions.items})
+    relative = corruptions.relative_error
+    caption = f"mean accuracy {pct(corruptions.mean_accuracy)}"
+    caption += "" if relative is None else f", {relative:.2f}× the clean error"
+    if corruptions.skipped:
+        caption += f"; not applicable: {', '.join(corruptions.skipped)}"
+    table = Table(title="common corruptions", title_justify="left", caption=caption, caption_justify="left")
+    table.add_column("corruption")
+    for severity in severities:
+        table.add_column(f"severity {severity}", justify="right")
+    by_name: dict[str, dict[int, float]] = {}
+    for item in corruptions.items:
+        by_name.setdefault(item.name, {})[item.severity] = item.accuracy
+    for name, accuracies in by_name.items():
+        table.add_row(name, *(pct(accuracies[s]) if s in accuracies else "—" for s in severities))
+    return table

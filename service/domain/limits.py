@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from service.domain.specs import QUERIES_PER_GRADIENT_STEP, AttackSpecBase, TrainingOptions
+from service.domain.specs import (
+    QUERIES_PER_GRADIENT_STEP,
+    AttackSpecBase,
+    CorruptionsSpec,
+    TrainingOptions,
+)
 from service.errors import IncompatibleSpec
 
 # A held-out validation split is this fraction of the training data (workers/training split_validation).
@@ -23,13 +28,27 @@ def attack_steps(attack: AttackSpecBase) -> int:
 
 
 def forward_steps(samples: int) -> int:
-    """Forward passes (OOD scoring) counted as gradient steps: one step is about three forward passes."""
+    """Forward passes (OOD scoring, corruptions) counted as gradient steps: one step is about three
+    forward passes."""
     return -(-samples // QUERIES_PER_GRADIENT_STEP)
 
 
-def evaluation_steps(attacks: Sequence[AttackSpecBase], samples: int) -> int:
-    """Gradient steps of an evaluation: every attack at every eps on every sample (an upper bound)."""
-    return samples * sum(attack_steps(attack) for attack in attacks)
+def evaluation_steps(
+    attacks: Sequence[AttackSpecBase], samples: int, *, corruptions: CorruptionsSpec | None = None
+) -> int:
+    """Gradient steps of an evaluation: every attack at every eps on every sample (an upper bound), plus
+    the forward passes of its corruptions."""
+    return samples * sum(attack_steps(attack) for attack in attacks) + corruption_steps(corruptions, samples)
+
+
+def corruption_forward_passes(corruptions: CorruptionsSpec | None, samples: int) -> int:
+    """Forward passes of the corruptions: every sample under every corruption at every severity."""
+    return 0 if corruptions is None else samples * corruptions.most_items()
+
+
+def corruption_steps(corruptions: CorruptionsSpec | None, samples: int) -> int:
+    """The corruptions' forward passes as gradient steps, at the rate the black-box attacks count."""
+    return forward_steps(corruption_forward_passes(corruptions, samples))
 
 
 def training_steps(spec: TrainingOptions, *, train_samples: int, validation_samples: int) -> int:

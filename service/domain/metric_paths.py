@@ -8,6 +8,9 @@
     minimum_norm.<attack>.<norm>.<statistic>
                                  a minimum-norm attack's statistic of the minimal norms: median, mean,
                                  p10, p25, p75 or p90 (minimum_norm.cw.l2.median); a norm, not a share
+    corruptions.mean_accuracy    the mean accuracy over the corruptions' items (a min is the issue's
+                                 min_corruption_accuracy)
+    corruptions.<name>.<severity>  the accuracy under one corruption at one severity (corruptions.contrast.5)
 
 Standard library only: specs.py checks the syntax when a threshold is written, verdicts.py reads the number.
 """
@@ -18,7 +21,11 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-MetricKind = Literal["clean_accuracy", "worst_case", "attacks", "ood", "calibration", "minimum_norm"]
+from service.domain.corruptions import CORRUPTION_NAMES, SEVERITIES
+
+MetricKind = Literal[
+    "clean_accuracy", "worst_case", "attacks", "ood", "calibration", "minimum_norm", "corruptions"
+]
 NORMS = ("linf", "l2")
 MINIMUM_NORMS = ("linf", "l2", "l1")
 STATISTICS = ("median", "mean", "p10", "p25", "p75", "p90")
@@ -26,9 +33,10 @@ OOD_SCORE_NAMES = ("msp", "max_logit", "energy")  # specs.OODScore's values (spe
 OOD_FIGURES = ("auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr")
 CALIBRATION_FIGURES = ("ece", "rms_calibration_error")
 EXAMPLES = (
-    "clean_accuracy, worst_case.linf.0.3, attacks.0.0.3, ood.msp.auroc, calibration.ece or "
-    "minimum_norm.cw.l2.median"
+    "clean_accuracy, worst_case.linf.0.3, attacks.0.0.3, ood.msp.auroc, calibration.ece, "
+    "corruptions.mean_accuracy, corruptions.contrast.5 or minimum_norm.cw.l2.median"
 )
+MEAN_CORRUPTION_ACCURACY = "mean_accuracy"
 
 
 class MetricPathError(ValueError):
@@ -51,6 +59,10 @@ class MetricPath:
         """The value is a distance (any size), not an accuracy in [0, 1]."""
         return self.kind == "minimum_norm"
 
+    # corruptions: the corruption's name (None for the mean over every item) and its severity.
+    corruption: str | None = None
+    severity: int | None = None
+
     def __str__(self) -> str:
         if self.kind == "clean_accuracy":
             return self.kind
@@ -60,6 +72,10 @@ class MetricPath:
             return f"calibration.{self.figure}"
         if self.kind == "minimum_norm":
             return f"minimum_norm.{self.attack_name}.{self.norm}.{self.statistic}"
+        if self.kind == "corruptions":
+            if self.corruption is None:
+                return f"corruptions.{MEAN_CORRUPTION_ACCURACY}"
+            return f"corruptions.{self.corruption}.{self.severity}"
         middle = self.norm if self.kind == "worst_case" else str(self.attack)
         return f"{self.kind}.{middle}.{self.eps:g}"
 
@@ -74,6 +90,8 @@ def parse_metric(text: str) -> MetricPath:
         return MetricPath("clean_accuracy")
     if path.startswith("minimum_norm."):
         return _minimum_norm(text, path)
+    if path.partition(".")[0] == "corruptions":
+        return _corruption_path(text, path)
     head, _, rest = path.partition(".")
     if head in ("ood", "calibration"):
         return _natural_path(text, head, rest)
@@ -123,3 +141,22 @@ def _minimum_norm(text: str, path: str) -> MetricPath:
     if statistic not in STATISTICS:
         raise MetricPathError(f"metric {text!r}: the statistic must be one of {', '.join(STATISTICS)}")
     return MetricPath("minimum_norm", norm=norm, attack_name=name, statistic=statistic)
+
+
+def _corruption_path(text: str, path: str) -> MetricPath:
+    parts = path.split(".")
+    if parts[1:] == [MEAN_CORRUPTION_ACCURACY]:
+        return MetricPath("corruptions")
+    if len(parts) != 3:
+        raise MetricPathError(
+            f"metric {text!r}: write corruptions.{MEAN_CORRUPTION_ACCURACY} or "
+            "corruptions.<name>.<severity>, e.g. corruptions.contrast.5"
+        )
+    name, severity = parts[1], parts[2]
+    if name not in CORRUPTION_NAMES:
+        raise MetricPathError(
+            f"metric {text!r}: unknown corruption {name!r}; known: {', '.join(CORRUPTION_NAMES)}"
+        )
+    if not severity.isdigit() or int(severity) not in SEVERITIES:
+        raise MetricPathError(f"metric {text!r}: the severity must be 1 to 5")
+    return MetricPath("corruptions", corruption=name, severity=int(severity))

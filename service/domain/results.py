@@ -188,6 +188,30 @@ class MinimumNormResult(BaseModel):
     cost: AttackCost
 
 
+class CorruptionItem(BaseModel):
+    """Accuracy on every evaluated sample under one corruption at one severity."""
+
+    name: str
+    severity: int
+    accuracy: float
+
+
+class CorruptionsResult(BaseModel):
+    """Accuracy under common corruptions of the clean samples (docs/corruptions.md)."""
+
+    items: list[CorruptionItem] = Field(description="One per (corruption, severity), in the spec's order.")
+    mean_accuracy: float = Field(description="Mean of the items' accuracies.")
+    relative_error: float | None = Field(
+        description="Mean of (1 - accuracy) over the items divided by (1 - clean accuracy): how many times "
+        "the clean error the corruptions cause; null when the clean accuracy is 1 (no clean error to "
+        "compare with), where mean_accuracy alone says what corruptions cost."
+    )
+    skipped: list[str] = Field(
+        default_factory=list,
+        description="Corruptions of `all` that do not apply to these images (saturate on grayscale).",
+    )
+
+
 class EvaluationResult(BaseModel):
     num_samples: int
     clean_accuracy: float
@@ -210,6 +234,9 @@ class EvaluationResult(BaseModel):
     input_range: tuple[float, float] = (0.0, 1.0)
     seconds: float = 0.0
     versions: dict[str, str] = Field(default_factory=dict)
+    corruptions: CorruptionsResult | None = Field(
+        default=None, description="Accuracy under common corruptions, when the spec asked for them."
+    )
 
 
 class EpochRecord(BaseModel):

@@ -1,9 +1,9 @@
 """Result reuse: the same model bytes, data bytes, attacks and seed give the same result, so give it again.
 
 The key covers everything that changes a result: the model's bytes and how its output is read, the
-dataset's bytes, the attacks with their defaults filled in, the seed, the input range, the sample count
-and the batch size (random starts are seeded per batch), and the Parry version (a new engine may score
-differently). Thresholds, callbacks and names change no result and stay out of it.
+dataset's bytes, the attacks with their defaults filled in, the corruptions, the seed, the input range,
+the sample count and the batch size (random starts are seeded per batch), and the Parry version (a new
+engine may score differently). Thresholds, callbacks and names change no result and stay out of it.
 """
 
 from __future__ import annotations
@@ -54,5 +54,8 @@ def evaluation_cache_key(
     if options.ood is not None:
         # The OOD set by its bytes, not its id: the same data uploaded twice gives the same result.
         payload["ood"] = {"dataset_sha256": ood_dataset_sha256, "scores": list(options.ood.scores)}
+    if options.corruptions is not None:
+        # Only when asked for, so the keys of evaluations without corruptions stay what they were.
+        payload["corruptions"] = options.corruptions.model_dump(mode="json")
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from service.domain.corruptions import CORRUPTION_NAMES, SEVERITIES, names_for, unknown_names
 from service.domain.metric_paths import OOD_SCORE_NAMES, MetricPath, parse_metric
 
 Norm = Literal["linf", "l2"]
@@ -494,18 +495,72 @@ def attack_free_measures(fields: Mapping[str, Any]) -> list[str]:
     """What an evaluation measures besides attacks, from its (validated) fields; with at least one,
     `attacks` may be empty. Those fields come before `attacks` in EvaluationOptions, so that its
     validator sees them."""
-    return ["ood"] if fields.get("ood") is not None else []
+    return [name for name in ("ood", "corruptions") if fields.get(name) is not None]
+
+
+class CorruptionsSpec(_Spec):
+    """Common corruptions (ImageNet-C / CIFAR-10-C) of the clean samples, and the accuracy on each.
+
+    docs/corruptions.md lists each corruption's parameters per severity.
+    """
+
+    names: Literal["all"] | list[str] = Field(
+        default="all",
+        description="Corruption names, or all (saturate only for colour images). Known: "
+        + ", ".join(CORRUPTION_NAMES)
+        + ".",
+    )
+    severities: list[int] = Field(
+        default_factory=lambda: list(SEVERITIES), description="Severities, each 1 to 5."
+    )
+
+    @field_validator("names")
+    @classmethod
+    def _known_names(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str):
+            return value
+        if not value:
+            raise ValueError("names must be all or a non-empty list of corruption names")
+        unknown = unknown_names(value)
+        if unknown:
+            raise ValueError(f"unknown corruption {', '.join(unknown)}; known: {', '.join(CORRUPTION_NAMES)}")
+        return list(dict.fromkeys(value))
+
+    @field_validator("severities")
+    @classmethod
+    def _known_severities(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("severities must be a non-empty list of integers from 1 to 5")
+        outside = [s for s in value if s not in SEVERITIES]
+        if outside:
+            raise ValueError(f"severity {outside[0]} is outside 1 to 5")
+        return sorted(set(value))
+
+    def selected(self, *, channels: int) -> list[str]:
+        """The corruptions to run on images of `channels` channels: all of them skips saturate on grey."""
+        if self.names == "all":
+            return names_for(list(CORRUPTION_NAMES), channels=channels)
+        return list(self.names)
+
+    def most_items(self) -> int:
+        """(corruption, severity) pairs at most, whatever the images' channels (the job-size cap)."""
+        count = len(CORRUPTION_NAMES) if self.names == "all" else len(self.names)
+        return count * len(self.severities)
 
 
 class EvaluationOptions(_Spec):
     """What an evaluation does, independent of where the model and the data come from."""
 
     ood: OODSpec | None = Field(default=None, description="Out-of-distribution detection against a dataset.")
+    corruptions: CorruptionsSpec | None = Field(
+        default=None,
+        description="Accuracy on common corruptions of the clean samples (result.corruptions); null: none.",
+    )
     attacks: list[AttackSpec] = Field(
         default_factory=list,
         max_length=64,
         validate_default=True,  # an absent list must meet the same rule as an empty one
-        description="At least one, unless the evaluation measures something else (ood).",
+        description="At least one, unless the evaluation measures something else (ood, corruptions).",
     )
     input_range: tuple[float, float] = (0.0, 1.0)
     max_samples: int | None = Field(default=None, ge=1)
@@ -525,8 +580,8 @@ class EvaluationOptions(_Spec):
     def _has_work(cls, value: list[AttackSpecBase], info: ValidationInfo) -> list[AttackSpecBase]:
         if not value and not attack_free_measures(info.data):
             raise ValueError(
-                "an evaluation needs at least one attack, or ood to measure out-of-distribution detection "
-                "without attacks"
+                "an evaluation needs at least one attack, or ood or corruptions to measure "
+                "out-of-distribution detection or corruption accuracy without attacks"
             )
         return value
 
@@ -546,8 +601,10 @@ class Threshold(_Spec):
     metric: str | None = Field(
         default=None,
         max_length=200,
-        description="A metric path: clean_accuracy, worst_case.<norm>.<eps>, attacks.<index>.<eps> or "
-        "minimum_norm.<attack>.<norm>.<statistic> (median, mean, p10, p25, p75, p90).",
+        description="A metric path: clean_accuracy, worst_case.<norm>.<eps>, attacks.<index>.<eps>, "
+        "corruptions.mean_accuracy, corruptions.<name>.<severity>, ood.<score>.<figure>, "
+        "calibration.<figure> or minimum_norm.<attack>.<norm>.<statistic> (median, mean, p10, p25, p75, "
+        "p90).",
     )
     min: float | None = Field(
         default=None,
@@ -636,7 +693,18 @@ class EvaluationSpec(EvaluationOptions):
 
     def _check_metric(self, path: MetricPath) -> None:
         """A metric threshold must name a value this evaluation will report."""
-        if path.kind == "worst_case":
+        if path.kind == "corruptions":
+            if self.corruptions is None:
+                raise ValueError(
+                    f"threshold on {path}, but this evaluation has no corruptions; add corruptions"
+                )
+            names = self.corruptions.names
+            if path.corruption is not None and names != "all" and path.corruption not in names:
+                raise ValueError(f"threshold on {path}, but corruptions has names {', '.join(names)}")
+            if path.severity is not None and path.severity not in self.corruptions.severities:
+                have = ", ".join(map(str, self.corruptions.severities))
+                raise ValueError(f"threshold on {path}, but corruptions has severities {have}")
+        elif path.kind == "worst_case":
             runs = sorted({(a.norm, e) for a in self.attacks for e in a.eps_values()})
             if not any(norm == path.norm and path.matches_eps(eps) for norm, eps in runs):
                 have = ", ".join(f"worst_case.{norm}.{eps:g}" for norm, eps in runs)

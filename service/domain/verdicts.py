@@ -211,6 +211,8 @@ def _metric_row(
         found = natural_value(result, path)
         # No sampling interval is computed for these figures: the bar judges the estimate itself.
         return None if found is None else (found[0], found[1], (found[1], found[1]))
+    if path.kind == "corruptions":
+        return _corruption_row(result, path)
     if path.kind == "worst_case":
         for worst in result.worst_case:
             if worst.norm == path.norm and path.matches_eps(worst.eps):
@@ -258,6 +260,22 @@ def _minimum_norm_value(
     value, entry = min(values, key=lambda pair: pair[0])
     label = f"{attack_label(entry.name, entry.spec)} {entry.norm} {path.statistic} minimal norm"
     return label, value, (value, value)
+
+
+def _corruption_row(
+    result: EvaluationResult, path: MetricPath
+) -> tuple[str, float, tuple[float, float]] | None:
+    corruptions, n = result.corruptions, result.num_samples
+    if corruptions is None:
+        return None
+    if path.corruption is None:
+        # The interval of an accuracy on n samples: each item's is, and their mean is no wider.
+        value = corruptions.mean_accuracy
+        return "mean corruption accuracy", value, accuracy_interval(value, n)
+    for item in corruptions.items:
+        if item.name == path.corruption and item.severity == path.severity:
+            return f"{item.name} severity {item.severity}", item.accuracy, accuracy_interval(item.accuracy, n)
+    return None
 
 
 def _row_origins(result: EvaluationResult, attacks: Sequence[AttackSpecUnion]) -> list[tuple[int, float]]:

@@ -61,6 +61,8 @@ def markdown_report(
     if figures:
         lines += ["", "Figures: " + ", ".join(f"`{name}` {value:.4f}" for name, value in figures.items())]
     lines += _minimum_norm_lines(result)
+    if result.corruptions is not None:
+        lines += ["", _corruptions_line(result)]
     if result.warnings:
         lines += ["", "Warnings:", *(f"- {_escape(w)}" for w in result.warnings)]
     return "\n".join(lines) + "\n"
@@ -90,6 +92,22 @@ def _minimum_norm_lines(result: EvaluationResult) -> list[str]:
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _corruptions_line(result: EvaluationResult) -> str:
+    corruptions = result.corruptions
+    assert corruptions is not None
+    relative = corruptions.relative_error
+    worst = min(corruptions.items, key=lambda item: item.accuracy, default=None)
+    text = (
+        f"Common corruptions: mean accuracy {pct(corruptions.mean_accuracy)} over {len(corruptions.items)} "
+        f"corruption × severity items"
+    )
+    if relative is not None:
+        text += f", {relative:.2f}× the clean error"
+    if worst is not None:
+        text += f"; lowest {pct(worst.accuracy)} ({worst.name} severity {worst.severity})"
+    return text + "."
 
 
 def _headline_lines(result: EvaluationResult) -> list[str]:

@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 from rich.console import Console
 
-from service.cli.common import EXIT_OK, CommandError, Commands, parse_input_range
+from service.cli.common import EXIT_OK, CommandError, Commands, check_evaluation_work, parse_input_range
+from service.cli.corruption_options import add_corruption_arguments, corruptions_from_args
 from service.cli.installs import require_install
-from service.cli.tables import output_console, result_table
+from service.cli.tables import corruption_table, output_console, result_table
 from service.domain.attack_syntax import describe_validation_error, parse_attack
 from service.domain.builtins import UNLABELLED, DatasetError, is_builtin
 from service.domain.results import Progress
@@ -90,6 +91,7 @@ def add_evaluate_command(commands: Commands) -> None:
         metavar="FILE",
         help="write per-sample outcomes (which samples fell to which attack) as .npz",
     )
+    add_corruption_arguments(cmd)
     cmd.add_argument("--quiet", action="store_true", help="no progress output")
     cmd.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up log lines")
     cmd.set_defaults(run=_run_evaluate)
@@ -110,6 +112,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     except LocalEvaluationError as exc:
         raise CommandError(str(exc)) from exc
     output_console().print(result_table(outcome.result))
+    corruptions = corruption_table(outcome.result)
+    if corruptions is not None:
+        output_console().print(corruptions)
     for warning in outcome.result.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if args.json:
@@ -123,10 +128,8 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[EvaluationOptions, ArrayD
     """Everything that can be checked without TensorFlow, checked before it loads (it takes seconds):
     the attacks and options, the model file's format, and the dataset read whole (keys, shapes, labels)."""
     attacks = [parse_attack(text) for text in args.attack]
-    if not attacks and args.ood_dataset is None:
-        raise CommandError("give at least one --attack, or --ood-dataset to measure OOD detection only")
-    if args.ood_scores is not None and args.ood_dataset is None:
-        raise CommandError("--ood-scores needs --ood-dataset")
+    corruptions = corruptions_from_args(args)
+    check_evaluation_work(args, corruptions=corruptions)
     try:
         ood = None
         if args.ood_dataset is not None:
@@ -141,6 +144,7 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[EvaluationOptions, ArrayD
             max_samples=args.max_samples,
             batch_size=args.batch_size,
             seed=args.seed,
+            corruptions=corruptions,
         )
     except ValidationError as exc:
         raise CommandError(describe_validation_error(exc)) from None

@@ -29,6 +29,8 @@ from workers.evaluation.ood import OODScoreError, ood_results
 from workers.evaluation.robustness import AttackRun, StageWork, attack_result, cost, per_class, worst_case
 from workers.evaluation.scores import MSP, SCORE_COLUMNS, scores_of
 from workers.models.loading import LoadedModel
+from workers.natural import runs as corruption_runs
+from workers.natural.runs import CorruptionRuns, CorruptionSetupError
 
 # What the engine runs for one attack spec: a registered attack, or an ensemble of them.
 Runner = Attack | Ensemble
@@ -113,8 +115,12 @@ def evaluate(
     the clean pass scores the evaluation's own samples.
 
     Per-sample arrays: labels, clean_pred, clean_correct, clean_scores (N, 3: msp, max_logit, energy),
-    ood_scores (M, 3) with OOD; for the i-th (attack, eps) result adv_pred_i,
-    fooled_i, linf_i, l2_i (and target_i when targeted); worst_robust_<norm>_<eps> per worst case.
+    ood_scores (M, 3) with OOD; for the i-th (attack, eps) result adv_pred_i, fooled_i, linf_i, l2_i (and
+    target_i when targeted); worst_robust_<norm>_<eps> per worst case; with corruptions,
+    corruption_correct (items x samples) and corruption_items (`name:severity`).
+
+    Corruptions: after the attacks, every sample (clean-wrong ones too) under each corruption at each
+    severity, one forward pass each, counted in `cost`.
 
     Raises:
         EvaluationError: the data does not fit the model or the input range.
@@ -127,7 +133,9 @@ def evaluate(
     n = x.shape[0]
     units = units_per_sample(options)
     extra = 0 if x_ood is None else x_ood.shape[0]
-    tracker.total = n + extra + n * units
+    images = corruption_images(model, dataset, x, options)
+    corrupt_units = corruption_runs.corruption_units(options.corruptions, n)
+    tracker.total = n + extra + n * units + corrupt_units
 
     clean_pred, zero_grad, bad_grad, clean_scores = _clean_pass(model, x, y, options.batch_size, tracker)
     ood_scores = None if x_ood is None else score_pass(model, x_ood, options.batch_size, tracker)
@@ -135,13 +143,17 @@ def evaluate(
     keeper = (
         ExampleKeeper.for_samples(y, clean_pred, keep_examples, x.shape[1:]) if keep_examples > 0 else None
     )
-    tracker.total = n + extra + int(clean_correct.sum()) * units
+    tracker.total = n + extra + int(clean_correct.sum()) * units + corrupt_units
     runs = attack_runs(model, x, y, clean_pred, options, tracker, keeper=keeper)
+    corrupted = None
+    if images is not None:
+        corrupted = run_corruptions(model, images, y, options, tracker)
     outcome = summarize(
         runs, y, clean_pred, zero_grad, bad_grad, options, warnings=warnings, num_classes=model.num_classes,
         model_sha256=model.sha256, dataset_sha256=dataset.sha256, seconds=time.perf_counter() - started,
         clean_scores=clean_scores, ood_scores=ood_scores,
         ood_dataset_sha256=None if ood_dataset is None else ood_dataset.sha256,
+        corruptions=corrupted,
     )  # fmt: skip
     if keeper is not None:
         accuracies = _run_accuracies(runs, outcome.result)
@@ -214,6 +226,46 @@ def attack_runs(
     return runs
 
 
+def corruption_images(
+    model: LoadedModel, dataset: ArrayDataset, x: np.ndarray, options: EvaluationOptions
+) -> np.ndarray | None:
+    """The samples as NHWC images for the corruptions (None when none are asked); raises EvaluationError.
+
+    The model's input shape decides when it is an image; else the dataset's sample shape does (a model
+    fed flat vectors of 28x28 digits gets its digits corrupted as images).
+    """
+    if options.corruptions is None:
+        return None
+    shapes = [tuple(model.input_shape), tuple(dataset.x.shape[1:])]
+    shape = next(
+        (s for s in shapes if len(s) in (2, 3) and int(np.prod(s)) == int(np.prod(x.shape[1:]))), None
+    )
+    try:
+        hwc = corruption_runs.image_shape(shape if shape is not None else tuple(x.shape[1:]))
+        corruption_runs.plan_items(options.corruptions, hwc[-1])  # refuse saturate on grey before attacking
+    except CorruptionSetupError as exc:
+        raise EvaluationError(str(exc)) from None
+    return x.reshape((x.shape[0], *hwc))
+
+
+def run_corruptions(
+    model: LoadedModel,
+    images: np.ndarray,
+    y: np.ndarray,
+    options: EvaluationOptions,
+    tracker: _Tracker,
+    *,
+    span: range | None = None,
+) -> CorruptionRuns:
+    """Accuracy under each corruption (workers/natural/runs.py), with this evaluation's progress."""
+    try:
+        return corruption_runs.run_corruptions(
+            model, images, y, options, check=tracker.check, advance=tracker.advance, span=span
+        )
+    except CorruptionSetupError as exc:
+        raise EvaluationError(str(exc)) from None
+
+
 def runner_for(spec: AttackSpecBase) -> Runner:
     """The attack or the ensemble a validated spec describes."""
     ensemble = ENSEMBLES.get(spec.name)
@@ -247,8 +299,10 @@ def summarize(
     clean_scores: np.ndarray | None = None,
     ood_scores: np.ndarray | None = None,
     ood_dataset_sha256: str | None = None,
+    corruptions: CorruptionRuns | None = None,
 ) -> EvaluationOutcome:
-    """The report and the per-sample arrays from the clean pass and the attack runs (see `evaluate`).
+    """The report and the per-sample arrays from the clean pass, the attack runs and the corruptions
+    (see `evaluate`).
 
     Calibration needs `clean_scores`; OOD figures need `ood_scores` too (and `options.ood`)."""
     n = y.shape[0]
@@ -275,6 +329,7 @@ def summarize(
     # The clean pass: one forward and one backward each; the model probes: a few forward passes.
     forward = n + probes.probe_passes(n) + sum(run.forward for run in work)
     forward += 0 if ood_scores is None else ood_scores.shape[0]
+    forward += 0 if corruptions is None else corruptions.forward
     ood = None
     if options.ood is not None and clean_scores is not None and ood_scores is not None:
         columns = [SCORE_COLUMNS.index(name) for name in options.ood.scores]
@@ -301,6 +356,11 @@ def summarize(
         input_range=(lo, hi),
         seconds=seconds,
         versions=_versions(),
+        corruptions=(
+            None
+            if corruptions is None
+            else corruption_runs.corruptions_result(corruptions, float(clean_correct.mean()))
+        ),
     )
     per_sample: dict[str, np.ndarray] = {
         "labels": y,
@@ -326,6 +386,8 @@ def summarize(
         assert run.norms is not None
         per_sample[f"minimum_norm_{run.index}"] = run.norms
     per_sample.update(worst_arrays)
+    if corruptions is not None:
+        per_sample.update(corruption_runs.per_sample_arrays(corruptions))
     return EvaluationOutcome(result, per_sample)
 
 

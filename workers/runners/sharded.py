@@ -5,7 +5,8 @@ job runs the clean pass, writes it to the shared data directory, records the sha
 (service/store/shards.py) and sends one task per shard. Each shard attacks a range of the GLOBAL batch indices
 of every (attack, eps) run, so its seeds are the ones a single worker would use, and writes its arrays to
 the data directory. The worker whose shard is the last to succeed merges the arrays and reduces them with
-the same code as `evaluate`, so the report equals the single-worker report except for timing.
+the same code as `evaluate`, so the report equals the single-worker report except for timing. Corruptions
+(workers/natural/runs.py) split the same batch indices over every sample, the last shard taking the rest.
 
 Progress is the parent job's (clean pass plus every shard's share); a cancel of the parent stops every
 shard at its next heartbeat; a shard whose worker dies is sent again by the reconciler when its lease
@@ -38,6 +39,8 @@ from workers.context import WorkerContext, dataset_arg, model_record, model_ref,
 from workers.evaluation import engine as evaluation
 from workers.evaluation.robustness import AttackRun
 from workers.evaluation.run_arrays import merged_run
+from workers.natural.runs import corruption_units, shard_span
+from workers.natural.runs import merged_runs as merged_corruptions
 from workers.runners.base import HandedOn, JobRunner, WholeJobRunner
 from workers.runners.evaluation import run_evaluation as run_unsharded
 from workers.runners.evaluation import write_evaluation_artifacts
@@ -94,6 +97,15 @@ def _units_per_sample(options: EvaluationOptions) -> float:
     return float(sum(spec.planned_steps() for spec in options.attacks))
 
 
+def _corruption_units(options: EvaluationOptions, span: ShardSpan, correct: int, samples: int) -> float:
+    """A shard's corruption work: its range of samples under every item (workers/natural/runs.py)."""
+    if options.corruptions is None:
+        return 0.0
+    mine = shard_span(span.batch_start, span.batch_stop, correct=correct, batch_size=options.batch_size,
+                      samples=samples)  # fmt: skip
+    return corruption_units(options.corruptions, len(mine))
+
+
 def _save_npz(path: Path, arrays: dict[str, Any]) -> None:
     # Written whole then renamed: a reader never sees half a file, a rerun overwrites.
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,9 +157,14 @@ class _Coordinator(WholeJobRunner):
         facts = {key: meta.get(key) for key in keys}
         (directory / "clean.json").write_text(json.dumps(facts))
         correct = int((clean_pred == y).sum())
-        spans = plan_spans(correct, options.batch_size, settings.shard_size, units)
+        spans = [
+            ShardSpan(
+                s.batch_start, s.batch_stop, s.units + _corruption_units(options, s, correct, y.shape[0])
+            )
+            for s in plan_spans(correct, options.batch_size, settings.shard_size, units)
+        ]
         clean_units = float(y.shape[0])
-        total_units = clean_units + correct * units
+        total_units = clean_units + sum(span.units for span in spans)
         if self.shards.create_plan(
             job_id, coordinator=ctx.worker, spans=spans, clean_units=clean_units, total_units=total_units
         ):
@@ -197,6 +214,7 @@ class _Merger(_Coordinator):
         parts = [_load_npz(directory / f"shard-{record.shard_index}.npz") for record in records]
         batches = [range(record.batch_start, record.batch_stop) for record in records]
         runs = merge_runs(options, clean["clean_pred"], batches, parts)
+        corrupted = merged_corruptions(parts) if options.corruptions is not None else None
         started = claim.started_at or claim.created_at
         outcome = evaluation.summarize(
             runs, clean["labels"], clean["clean_pred"], clean["zero_grad"], clean["bad_grad"], options,
@@ -204,6 +222,7 @@ class _Merger(_Coordinator):
             model_sha256=meta["model_sha256"], dataset_sha256=meta["dataset_sha256"],
             seconds=(ctx.store.now() - started).total_seconds(), clean_scores=clean.get("clean_scores"),
             ood_scores=clean.get("ood_scores"), ood_dataset_sha256=meta.get("ood_dataset_sha256"),
+            corruptions=corrupted,
         )  # fmt: skip
         result = outcome.result.model_dump(mode="json")
         write_evaluation_artifacts(ctx, job_id, result, outcome.per_sample)

@@ -27,6 +27,7 @@ from workers.evaluation.hard_sets import predict_pool
 from workers.evaluation.run_arrays import run_arrays
 from workers.models.errors import ModelLoadError
 from workers.models.loading import LoadedModel, load_model
+from workers.natural.runs import shard_span
 from workers.sandbox.protocol import CLEAN_FILE, EXAMPLES_FILE, HARD_SET_FILE, PER_SAMPLE_FILE, SHARD_FILE
 from workers.training import TrainingCancelled, TrainingError, split_validation, train, trainable_variables
 
@@ -199,6 +200,13 @@ class Calls:
         arrays: dict[str, Any] = {}
         for i, run in enumerate(runs):
             arrays.update(run_arrays(run, i))
+        images = engine.corruption_images(model, dataset, x, options)
+        if images is not None:
+            span = shard_span(
+                args["batch_start"], args["batch_stop"], correct=int((clean["clean_pred"] == y).sum()),
+                batch_size=options.batch_size, samples=y.shape[0],
+            )  # fmt: skip
+            arrays.update(engine.run_corruptions(model, images, y, options, tracker, span=span).arrays())
         save_npz(Path(args["out"]) / SHARD_FILE, arrays)
         return {"runs": len(runs)}
 

@@ -120,7 +120,7 @@ def check_evaluation(
                 errors=[{"loc": ["body", "max_samples"], "msg": f"at most {settings.max_samples_per_job}"}],
             )
     check_steps(
-        evaluation_steps(spec.attacks, samples) + forward_steps(ood_samples),
+        evaluation_steps(spec.attacks, samples, corruptions=spec.corruptions) + forward_steps(ood_samples),
         settings.max_gradient_steps_per_job,
         what="evaluation",
         hint="use fewer samples (max_samples), steps, restarts or eps values",

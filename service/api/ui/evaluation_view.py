@@ -7,6 +7,7 @@ from typing import Any
 
 from markupsafe import Markup
 
+from service.api.ui.corruptions_view import corruptions_view
 from service.api.ui.minimum_norm_view import minimum_norm_view
 from service.api.ui.natural_view import natural_view
 from service.api.ui.svg import Bars, Series, bar_chart, line_chart
@@ -66,6 +67,7 @@ def evaluation_view(result: Mapping[str, Any], *, title_prefix: str = "") -> dic
         "facts": facts(result),
         "natural": natural_view(result, title_prefix=title_prefix),
         "minimum_norm": minimum_norm_view(result, title_prefix=title_prefix),
+        "corruptions": corruptions_view(result),
     }
 
 

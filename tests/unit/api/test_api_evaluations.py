@@ -167,3 +167,17 @@ def test_autoattack_is_accepted_and_a_targeted_one_is_a_sentence(api: Api, small
         api.client.post("/v1/evaluations", json={**body, "attacks": [{**auto, "targeted": True}]}), 422
     )
     assert "autoattack is untargeted" in json.dumps(problem)
+
+
+def test_corruptions_are_accepted_and_unknown_names_are_422_listing_the_known(api: Api) -> None:
+    model_id = ready_model(api, input_shape=[8, 8, 1], num_classes=10)
+    r = api.client.post("/v1/evaluations", json=_spec(model_id, corruptions={"names": "all"}))
+    assert r.status_code == 202, r.text
+    assert r.json()["spec"]["corruptions"] == {"names": "all", "severities": [1, 2, 3, 4, 5]}
+    bad = _spec(model_id, corruptions={"names": ["gaussian_noise", "fog"], "severities": [1]})
+    problem = assert_problem(api.client.post("/v1/evaluations", json=bad), 422)
+    assert "unknown corruption fog; known: gaussian_noise, shot_noise" in json.dumps(problem)
+    bad = _spec(model_id, corruptions={"severities": [0, 3]})
+    assert "severity 0 is outside 1 to 5" in json.dumps(
+        assert_problem(api.client.post("/v1/evaluations", json=bad), 422)
+    )

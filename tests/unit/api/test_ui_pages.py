@@ -299,3 +299,20 @@ def test_the_page_quotes_the_autoattack_worst_case_and_shows_its_stages(api: Api
 
     pgd_only = api.client.get(f"/ui/jobs/{_evaluation(api)}").text
     assert "(worst case of fgsm, pgd)" in pgd_only and "not a robustness claim" in pgd_only
+
+
+def test_evaluation_page_draws_accuracy_against_severity_per_corruption(api: Api) -> None:
+    items = [
+        {"name": name, "severity": s, "accuracy": acc}
+        for name, accs in (("contrast", (0.9, 0.5)), ("gaussian_noise", (0.95, 0.8)))
+        for s, acc in zip((1, 5), accs, strict=True)
+    ]
+    corruptions = {"items": items, "mean_accuracy": 0.7875, "relative_error": 4.25, "skipped": ["saturate"]}
+    html = api.client.get(f"/ui/jobs/{_evaluation(api, corruptions=corruptions)}").text
+    assert "Common corruptions" in html and "78.8%" in html and "4.25×" in html
+    chart = next(c for c in _svgs(html) if "common corruptions" in (c.findtext(f"{SVG}title") or "").lower())
+    labels = {p.get("data-label"): p.get("points") for p in chart.findall(f"{SVG}polyline")}
+    assert set(labels) == {"contrast", "gaussian_noise", "clean"}
+    assert len((labels["contrast"] or "").split()) == 2  # severities 1 and 5
+    assert "Not applicable to these images: saturate." in html
+    assert "Common corruptions" not in api.client.get(f"/ui/jobs/{_evaluation(api)}").text

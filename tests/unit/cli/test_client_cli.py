@@ -374,3 +374,28 @@ def test_a_worst_case_threshold_is_its_own_check_and_fails_with_exit_1(
     spec = worker.store.get_job(worker.runs[0]).spec
     stored = spec["thresholds"][2]
     assert (stored["metric"], stored["min"], stored["attack"]) == ("worst_case.linf.0.1", 0.7, None)
+
+
+def test_submit_sends_corruptions_and_refuses_unknown_ones_before_sending(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[httpx.Request] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, json={"id": "job_c", "kind": "evaluation", "status": "queued"})
+
+    def from_env(server_url: str | None = None, api_key: str | None = None, **kwargs: Any) -> ParryClient:
+        return ParryClient("http://parry.test", transport=httpx.MockTransport(server), **kwargs)
+
+    monkeypatch.setattr(ParryClient, "from_env", staticmethod(from_env))
+    argv = ["submit", "--model", "mdl_1", "--dataset", "builtin:digits", "--attack", "fgsm:eps=0.1",
+            "--corruptions", "all", "--severities", "1,3,5"]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads(seen[0].content)["corruptions"] == {"names": "all", "severities": [1, 3, 5]}
+    capsys.readouterr()
+    assert main([*argv[:-4], "--corruptions", "contrast,fog"]) == 2
+    assert "unknown corruption fog; known: gaussian_noise" in capsys.readouterr().err
+    assert main([*argv[:-4], "--severities", "2"]) == 2
+    assert "--severities goes with --corruptions" in capsys.readouterr().err
+    assert len(seen) == 1

@@ -148,3 +148,25 @@ def test_the_route_refuses_unfinished_jobs_and_results_it_cannot_read(api: Api) 
         conn.exec_driver_sql("UPDATE jobs SET kind = 'training' WHERE id = ?", (training,))
     problem = assert_problem(api.client.get(f"/v1/jobs/{training}/report?format=junit"), 422)
     assert "evaluation jobs" in str(problem["detail"])
+
+
+def test_markdown_and_junit_list_corruption_bars() -> None:
+    from service.domain.results import CorruptionItem, CorruptionsResult
+
+    result = fake_result(ATTACKS, _levels)
+    result.corruptions = CorruptionsResult(
+        items=[CorruptionItem(name="contrast", severity=5, accuracy=0.3)],
+        mean_accuracy=0.3,
+        relative_error=7.0,
+    )
+    spec = {**SPEC, "corruptions": {"names": ["contrast"], "severities": [5]},
+            "thresholds": [{"metric": "corruptions.contrast.5", "min": 0.5}]}  # fmt: skip
+    outcomes = outcomes_for_job(spec, result)
+    text = markdown_report(result, outcomes)
+    assert "| ❌ | contrast severity 5 | 30.0% |" in text
+    assert (
+        "Common corruptions: mean accuracy 30.0% over 1 corruption × severity items, 7.00× the clean" in text
+    )
+    root = ET.fromstring(junit_report(result, outcomes))
+    case = next(c for c in root.iter("testcase") if c.get("name") == "contrast severity 5")
+    assert case.get("classname") == "parry.corruptions" and case.find("failure") is not None

@@ -48,6 +48,11 @@ AUTOATTACK_SPEC = {
 }
 # OOD scores are per sample from the clean pass: the merge must judge them as one worker does.
 OOD_SPEC = {**SPEC, "ood": {"dataset_id": "builtin:digits:train", "scores": ["energy", "msp"]}}
+# Corruptions: each shard scores its own range of all the samples, the last one the rest.
+CORRUPTIONS_SPEC = {
+    **SPEC,
+    "corruptions": {"names": ["gaussian_noise", "contrast", "motion_blur"], "severities": [1, 5]},
+}
 TIMING = {"seconds", "samples_per_second"}
 
 
@@ -146,6 +151,7 @@ def test_shard_keys_round_trip() -> None:
     [
         pytest.param(SPEC, id="attacks"),
         pytest.param(OOD_SPEC, id="ood"),
+        pytest.param(CORRUPTIONS_SPEC, id="corruptions"),
         pytest.param(
             AUTOATTACK_SPEC,
             id="autoattack",
@@ -191,6 +197,13 @@ def test_sharded_evaluation_merges_into_the_single_worker_report(
     if spec is AUTOATTACK_SPEC:  # the stages and the per-sample stage arrays merged too
         assert [len(row["stages"] or []) for row in sharded.result["attacks"]] == [0, 2, 2, 0]
         assert sharded.result["attacks"][2]["cumulative"] is True
+    if spec is CORRUPTIONS_SPEC:
+        items = sharded.result["corruptions"]["items"]
+        assert [(i["name"], i["severity"]) for i in items] == [
+            ("gaussian_noise", 1), ("gaussian_noise", 5), ("contrast", 1), ("contrast", 5),
+            ("motion_blur", 1), ("motion_blur", 5),
+        ]  # fmt: skip
+        assert items[-1]["accuracy"] < sharded.result["clean_accuracy"]
     a, b = _per_sample(ctx, job_id), _per_sample(ctx, whole_id)
     assert a.keys() == b.keys()
     for name in a:
