@@ -2,10 +2,19 @@
 
 A checks file names a model, a dataset, and attacks with the robust accuracy each must keep:
 
+    max_ece = 0.05                 # calibration.ece at most this (top-level keys come before any table)
+    min_corruption_accuracy = 0.7  # corruptions.mean_accuracy at least this (needs [evaluation.corruptions])
     [model]
     path = "model.tar.gz"          # or id = "mdl_..."
     [dataset]
     path = "test.npz"              # or id = "builtin:mnist-5k:test"
+    [evaluation.corruptions]       # accuracy under common corruptions (docs/corruptions.md)
+    names = "all"                  # or a list of names
+    severities = [1, 3, 5]
+    [ood]                          # OOD detection against another dataset (labels not needed)
+    path = "ood.npz"               # or id = "dst_..."
+    scores = ["msp", "energy"]     # default all three: msp, max_logit, energy
+    min_ood_auroc = 0.9            # every score's AUROC (ood.<score>.auroc) at least this
     [[checks]]
     attack = "pgd"                 # every attack field may follow: eps, steps, norm, ...
     eps = 0.05
@@ -18,19 +27,12 @@ A checks file names a model, a dataset, and attacks with the robust accuracy eac
     [[thresholds]]                 # a bar on any metric path (service/domain/metric_paths.py)
     metric = "worst_case.linf.0.3"
     min = 0.8                      # and/or max = ...
-    max_ece = 0.05                 # calibration.ece at most this (a top-level key)
-    [ood]                          # OOD detection against another dataset (labels not needed)
-    path = "ood.npz"               # or id = "dst_..."
-    scores = ["msp", "energy"]     # default all three: msp, max_logit, energy
-    min_ood_auroc = 0.9            # every score's AUROC (ood.<score>.auroc) at least this
-    [evaluation.corruptions]       # accuracy under common corruptions (docs/corruptions.md)
-    names = "all"                  # or a list of names
-    severities = [1, 3, 5]
     [[thresholds]]
-    metric = "corruptions.mean_accuracy"   # or corruptions.<name>.<severity>
-    min = 0.7
+    metric = "corruptions.contrast.5"      # or corruptions.mean_accuracy
+    min = 0.5
 
-With `[ood]`, `[[checks]]` may be left out: the evaluation then runs no attack.
+With `[ood]` or `[evaluation.corruptions]`, `[[checks]]` may be left out: the evaluation then runs no
+attack.
 A `[[thresholds]]` bar is a check of its own: a worst-case bar never replaces an attack's bar.
 Judging a result against these bars is `service.domain.verdicts`.
 """
@@ -183,11 +185,23 @@ class CheckConfig(_Section):
     max_ece: float | None = Field(
         default=None, ge=0, le=1, allow_inf_nan=False, description="calibration.ece at most this."
     )
+    min_corruption_accuracy: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="corruptions.mean_accuracy at least this (needs [evaluation.corruptions]).",
+    )
 
     @model_validator(mode="after")
     def _has_checks(self) -> CheckConfig:
-        if not self.checks and self.ood is None:
-            raise ValueError("add at least one [[checks]] table (an attack), or an [ood] table")
+        if not self.checks and self.ood is None and self.evaluation.corruptions is None:
+            raise ValueError(
+                "add at least one [[checks]] table (an attack), an [ood] table or an "
+                "[evaluation.corruptions] table"
+            )
+        if self.min_corruption_accuracy is not None and self.evaluation.corruptions is None:
+            raise ValueError("min_corruption_accuracy needs an [evaluation.corruptions] table")
         return self
 
     def attack_specs(self) -> list[AttackSpecUnion]:
@@ -235,10 +249,13 @@ class CheckConfig(_Section):
         return bars
 
     def _natural(self) -> list[Threshold]:
-        """`max_ece` and `[ood] min_ood_auroc` as the metric thresholds they stand for."""
+        """`max_ece`, `min_corruption_accuracy` and `[ood] min_ood_auroc` as the metric thresholds they
+        stand for."""
         bars = []
         if self.max_ece is not None:
             bars.append(Threshold(metric="calibration.ece", max=self.max_ece))
+        if self.min_corruption_accuracy is not None:
+            bars.append(Threshold(metric="corruptions.mean_accuracy", min=self.min_corruption_accuracy))
         if self.ood is not None and self.ood.min_ood_auroc is not None:
             for score in self.ood.scores or OOD_SCORES:
                 bars.append(Threshold(metric=f"ood.{score}.auroc", min=self.ood.min_ood_auroc))

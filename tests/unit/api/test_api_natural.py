@@ -52,6 +52,14 @@ def test_an_ood_evaluation_needs_no_attacks(api: Api) -> None:
     }
 
 
+def test_a_corruptions_evaluation_needs_no_attacks(api: Api) -> None:
+    model_id = ready_model(api, input_shape=[8, 8, 1], num_classes=10)
+    body = {"model_id": model_id, "dataset_id": "builtin:digits", "corruptions": {"names": ["contrast"]}}
+    r = api.client.post("/v1/evaluations", json=body)
+    assert r.status_code == 202, r.text
+    assert r.json()["spec"]["attacks"] == [] and r.json()["spec"]["corruptions"]["names"] == ["contrast"]
+
+
 def test_no_attacks_and_no_ood_is_422_with_a_sentence(api: Api) -> None:
     model_id = ready_model(api, input_shape=[8, 8, 1], num_classes=10)
     for body in ({"model_id": model_id, "dataset_id": "builtin:digits"}, {"model_id": model_id,

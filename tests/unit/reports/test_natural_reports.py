@@ -102,7 +102,22 @@ def test_parry_toml_takes_an_ood_table_and_max_ece(tmp_path: Path) -> None:
     assert spec["ood"] == {"dataset_id": "dst_o", "scores": ["msp", "energy"]} and spec["attacks"] == []
     EvaluationSpec.model_validate(spec)
     path.write_text('[model]\nid = "mdl_x"\n[dataset]\nid = "builtin:digits"\n')
-    with pytest.raises(CheckConfigError, match=r"\[\[checks\]\] table \(an attack\), or an \[ood\] table"):
+    with pytest.raises(CheckConfigError, match=r"\[\[checks\]\] table \(an attack\), an \[ood\] table"):
+        load_config(path)
+
+
+def test_parry_toml_takes_corruptions_alone_and_min_corruption_accuracy(tmp_path: Path) -> None:
+    path = tmp_path / "parry.toml"
+    head = 'min_corruption_accuracy = 0.7\n[model]\nid = "mdl_x"\n[dataset]\nid = "builtin:digits"\n'
+    path.write_text(head + '[evaluation.corruptions]\nnames = ["contrast"]\nseverities = [1, 5]\n')
+    config = load_config(path)
+    assert config.attack_specs() == []
+    assert [(t.metric, t.min) for t in config.thresholds()] == [("corruptions.mean_accuracy", 0.7)]
+    spec = EvaluationSpec.model_validate(config.evaluation_spec(model_id="mdl_x", dataset_id="builtin:digits"))
+    assert spec.attacks == [] and spec.corruptions is not None and spec.corruptions.severities == [1, 5]
+    # The bar needs the corruptions it judges.
+    path.write_text(head + '[[checks]]\nattack = "fgsm"\neps = 0.1\nmin_robust_accuracy = 0.1\n')
+    with pytest.raises(CheckConfigError, match="min_corruption_accuracy needs an \\[evaluation.corruptions\\]"):
         load_config(path)
 
 

@@ -100,3 +100,21 @@ def test_shard_spans_cover_every_sample_once() -> None:
              shard_span(2, 4, correct=70, batch_size=20, samples=100)]  # fmt: skip
     assert spans == [range(0, 40), range(40, 100)]
     assert shard_span(0, 0, correct=0, batch_size=20, samples=10) == range(0, 10)
+
+
+def test_corruptions_alone_make_an_evaluation_without_attacks(
+    model: LoadedModel, mnist_test: ArrayDataset
+) -> None:
+    spec = CorruptionsSpec(names=["contrast"], severities=[5])
+    options = EvaluationOptions(max_samples=N, batch_size=40, corruptions=spec)
+    outcome = evaluate(model, mnist_test, options)
+    result = outcome.result
+    assert result.attacks == [] and result.worst_case == [] and result.calibration is not None
+    assert result.corruptions is not None and [(i.name, i.severity) for i in result.corruptions.items] == [
+        ("contrast", 5)
+    ]
+    with_attack = evaluate(model, mnist_test, _options(spec))
+    assert with_attack.result.corruptions == result.corruptions  # the attacks change no corruption figure
+    np.testing.assert_array_equal(
+        outcome.per_sample["corruption_correct"], with_attack.per_sample["corruption_correct"]
+    )
