@@ -81,7 +81,7 @@ def test_top_level_use_lower_bound_is_the_default_of_every_check(tmp_path: Path)
         ),
         (
             '[model]\npath = "model.keras"\n[dataset]\nid = "x"\n',
-            "add at least one [[checks]] table (an attack), an [ood] table or an [evaluation.corruptions] table",
+            "add at least one [[checks]] table (an attack), an [ood] table or an [evaluation.corruptions]",
         ),
     ],
 )
