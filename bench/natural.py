@@ -4,10 +4,14 @@ corruption_speed: every corruption that applies to grayscale (12) at 5 severitie
 images of builtin:mnist-5k:test, with the bench's clean CNN (tests/modelzoo.small_cnn, 5 epochs, seed 0).
 It times generation and forward passes apart, batch by batch as the engine runs them, and divides their sum
 by the floor: the 12 x 5 forward passes over the same images alone, through the same compiled function.
-The target is at most 5x. It then runs the engine's own corruption step end to end. Prints tables; never
-passes or fails on time.
+The target is at most 5x. It then runs the engine's own corruption step end to end.
 
-    python bench/natural.py [--samples 1000] [--batch-size 256] [--repeats 3] [--cache DIR]
+ood_figures (bench/natural_ood.py): OOD detection on a digits model trained on classes 0-4 (OOD = 5-9) and
+on an MNIST CNN against the 8x8 digits upscaled to 28x28, Parry's figures beside the same figures computed
+independently with scikit-learn. Prints tables; never passes or fails on time.
+
+    python bench/natural.py [--sections corruptions,ood] [--samples 1000] [--batch-size 256] [--repeats 3]
+        [--cache DIR]
 """
 
 from __future__ import annotations
@@ -119,6 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--sections", default="corruptions,ood")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
@@ -126,11 +131,18 @@ def main() -> None:
         "--cache", type=Path, default=Path("bench-models"), help="the trained model is kept here"
     )
     args = parser.parse_args()
-    data = load_builtin("builtin:mnist-5k:test")
-    x = np.asarray(data.x[: args.samples], np.float32)
-    y = np.asarray(data.y[: args.samples])
-    model = from_keras(clean_model(args.cache))
-    corruption_speed(model, x, y, batch=args.batch_size, repeats=args.repeats)
+    sections = args.sections.split(",")
+    if "corruptions" in sections:
+        data = load_builtin("builtin:mnist-5k:test")
+        x = np.asarray(data.x[: args.samples], np.float32)
+        y = np.asarray(data.y[: args.samples])
+        model = from_keras(clean_model(args.cache))
+        corruption_speed(model, x, y, batch=args.batch_size, repeats=args.repeats)
+    if "ood" in sections:
+        from bench.natural_ood import ood_figures
+
+        worst = max(abs(row["parry"] - row["sklearn"]) for row in ood_figures())
+        print(f"\nOOD: largest difference between Parry and scikit-learn: {worst:.2e}")
 
 
 if __name__ == "__main__":
