@@ -153,6 +153,9 @@ def job_summary(job: dict[str, Any]) -> list[RenderableType]:
     except ValidationError:
         return []  # a result from a newer server: the JSON report still has it all
     parts: list[RenderableType] = [result_table(evaluation)]
+    corruptions = corruption_table(evaluation)
+    if corruptions is not None:
+        parts.append(corruptions)
     parts += [Text(f"warning: {w}", style="yellow") for w in evaluation.warnings]
     return parts
 

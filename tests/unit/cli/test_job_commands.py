@@ -228,3 +228,23 @@ def test_submit_with_an_ood_dataset_needs_no_attack(
     assert "at least one --attack, or --ood-dataset" in capsys.readouterr().err
     assert main([*argv[:5], "--attack", "fgsm:eps=0.1", "--ood-scores", "msp"]) == 2
     assert "--ood-scores needs --ood-dataset" in capsys.readouterr().err
+
+
+def test_an_evaluation_summary_shows_its_corruptions() -> None:
+    from rich.console import Console
+
+    from service.cli.tables import job_summary
+    from service.domain.results import CorruptionItem, CorruptionsResult
+    from tests.unit.check_helpers import fake_result
+
+    result = fake_result([{"name": "fgsm", "eps": 0.1}])
+    result.corruptions = CorruptionsResult(
+        items=[CorruptionItem(name="contrast", severity=5, accuracy=0.3)],
+        mean_accuracy=0.3,
+        relative_error=7.0,
+    )
+    console = Console(width=200, record=True)
+    for part in job_summary({"kind": "evaluation", "result": result.model_dump(mode="json")}):
+        console.print(part)
+    text = console.export_text()
+    assert "common corruptions" in text and "contrast" in text and "30.0%" in text

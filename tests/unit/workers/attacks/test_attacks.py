@@ -206,11 +206,14 @@ def test_the_last_restart_counts_the_samples_only_it_broke(
     model: LoadedModel, batch: tuple[np.ndarray, np.ndarray]
 ) -> None:
     x, y = batch
-    # A weak budget, so that every restart still finds new adversarials.
-    runs = {r: PGD(steps=2, restarts=r)(model, x, y, eps=0.08, seed=5) for r in (1, 2, 3)}
-    assert runs[1].last_restart_broken == 0  # one run has no "last of several"
-    # Restart k's seed does not depend on how many follow, so a third restart adds exactly its own breaks.
-    for r in (2, 3):
-        before, after = int(runs[r - 1].success.sum()), int(runs[r].success.sum())
-        assert runs[r].last_restart_broken == after - before
-    assert runs[3].last_restart_broken > 0
+    last = 0
+    for seed in range(4):
+        # A one-step budget from a random start, so that later restarts still find new adversarials.
+        runs = {r: PGD(steps=1, restarts=r)(model, x, y, eps=0.1, seed=seed) for r in (1, 2, 3)}
+        assert runs[1].last_restart_broken == 0  # one run has no "last of several"
+        # Restart k's seed does not depend on how many follow, so restart k adds exactly its own breaks.
+        for r in (2, 3):
+            before, after = int(runs[r - 1].success.sum()), int(runs[r].success.sum())
+            assert runs[r].last_restart_broken == after - before
+        last += runs[3].last_restart_broken
+    assert last > 0  # the check above was not vacuous
