@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.domain.specs import InputRange
+
 DEFAULT_MIN_CONFIDENCE = 0.5
 MAX_SURROGATES = 16
 
@@ -38,17 +40,9 @@ class HardSetSpec(BaseModel):
         default=None, min_length=1, max_length=500, description="The new dataset's name."
     )
     max_samples: int | None = Field(default=None, ge=1, description="Use the pool's first N samples only.")
-    input_range: tuple[float, float] = (0.0, 1.0)
+    input_range: InputRange = (0.0, 1.0)
     batch_size: int = Field(default=256, ge=1, le=65_536)
     callback_url: str | None = Field(default=None, max_length=2000)
-
-    @field_validator("input_range")
-    @classmethod
-    def _range_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
-        lo, hi = value
-        if not lo < hi:
-            raise ValueError("input_range must be [low, high] with low < high")
-        return value
 
     @field_validator("surrogate_model_ids")
     @classmethod

@@ -11,7 +11,15 @@ import math
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from service.domain.corruptions import CORRUPTION_NAMES, SEVERITIES, names_for, unknown_names
 from service.domain.metric_paths import OOD_SCORE_NAMES, MetricPath, parse_metric
@@ -20,6 +28,17 @@ Norm = Literal["linf", "l2"]
 # The norms a result row may carry: the bounded attacks' plus L1, which only `fmn` runs in.
 ResultNorm = Literal["linf", "l2", "l1"]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+def _ordered(value: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = value
+    if not lo < hi:
+        raise ValueError("input_range must be [low, high] with low < high")
+    return value
+
+
+# The range a model's inputs live in: [low, high] with low < high.
+InputRange = Annotated[tuple[float, float], AfterValidator(_ordered)]
 
 
 class _Spec(BaseModel):
@@ -564,18 +583,10 @@ class EvaluationOptions(_Spec):
         validate_default=True,  # an absent list must meet the same rule as an empty one
         description="At least one, unless the evaluation measures something else (ood, corruptions).",
     )
-    input_range: tuple[float, float] = (0.0, 1.0)
+    input_range: InputRange = (0.0, 1.0)
     max_samples: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=256, ge=1, le=65_536)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
-
-    @field_validator("input_range")
-    @classmethod
-    def _range_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
-        lo, hi = value
-        if not lo < hi:
-            raise ValueError("input_range must be [low, high] with low < high")
-        return value
 
     @field_validator("attacks")
     @classmethod
@@ -802,16 +813,8 @@ class TrainingOptions(_Spec):
         default=1000, ge=1, description="Validation samples checked each epoch; null for all."
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    input_range: tuple[float, float] = (0.0, 1.0)
+    input_range: InputRange = (0.0, 1.0)
     evaluate: list[AttackSpec] = Field(default_factory=list, max_length=64)
-
-    @field_validator("input_range")
-    @classmethod
-    def _range_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
-        lo, hi = value
-        if not lo < hi:
-            raise ValueError("input_range must be [low, high] with low < high")
-        return value
 
     @model_validator(mode="after")
     def _method_options(self) -> TrainingOptions:
