@@ -187,7 +187,7 @@ def test_shards_of_an_autoattack_evaluation_merge_into_the_whole_one(
     )  # fmt: skip
     x, y, warnings = engine._prepare(model, mnist_test, options)
     tracker = engine._Tracker(None, None)
-    clean_pred, zero, bad = engine._clean_pass(model, x, y, options.batch_size, tracker)
+    clean_pred, zero, bad, _ = engine._clean_pass(model, x, y, options.batch_size, tracker)
     spans = [range(0, 2), range(2, 3), range(3, 5)]
     parts = []
     for span in spans:

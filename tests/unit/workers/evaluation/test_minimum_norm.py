@@ -161,7 +161,7 @@ def test_shards_merge_norms_into_the_whole_evaluation(model: LoadedModel, mnist_
     )  # fmt: skip
     x, y, warnings = engine._prepare(model, mnist_test, options)
     tracker = engine._Tracker(None, None)
-    clean_pred, zero, bad = engine._clean_pass(model, x, y, options.batch_size, tracker)
+    clean_pred, zero, bad, _ = engine._clean_pass(model, x, y, options.batch_size, tracker)
     spans = [range(0, 2), range(2, 5)]
     parts = []
     for span in spans:
