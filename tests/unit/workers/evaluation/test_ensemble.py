@@ -177,38 +177,16 @@ def test_shards_of_an_autoattack_evaluation_merge_into_the_whole_one(
 ) -> None:
     """What a sharded evaluation does with the engine (workers/sandbox/calls.py, workers/runners/sharded.py):
     attack ranges of global batches, save each run's arrays, merge them; the report is the whole one's."""
-    from workers.evaluation import engine
-    from workers.evaluation.run_arrays import run_arrays
-    from workers.runners.sharded import merge_runs
+    from tests.unit.workers.evaluation.shard_helpers import merged_and_whole
 
     options = EvaluationOptions(
         attacks=[AutoAttackSpec(eps=[0.03, 0.06], version="standard"), PGDSpec(eps=0.06, steps=3)],
         max_samples=N, batch_size=25, seed=2,
     )  # fmt: skip
-    x, y, warnings = engine._prepare(model, mnist_test, options)
-    tracker = engine._Tracker(None, None)
-    clean_pred, zero, bad, _ = engine._clean_pass(model, x, y, options.batch_size, tracker)
     spans = [range(0, 2), range(2, 3), range(3, 5)]
-    parts = []
-    for span in spans:
-        runs = engine.attack_runs(model, x, y, clean_pred, options, tracker, batches=span)
-        parts.append({k: v for i, run in enumerate(runs) for k, v in run_arrays(run, i).items()})
-    merged = merge_runs(options, clean_pred, spans, parts)
-    whole = engine.attack_runs(model, x, y, clean_pred, options, tracker)
-
-    def report(runs: Any) -> Any:
-        outcome = engine.summarize(
-            runs, y, clean_pred, zero, bad, options, warnings=warnings, num_classes=10, model_sha256="m",
-            dataset_sha256="d", seconds=0.0,
-        )  # fmt: skip
-        body = outcome.result.model_dump(mode="json")
-        for row in body["attacks"]:
-            row.pop("seconds"), row.pop("samples_per_second")
-            for stage in row["stages"] or []:
-                stage.pop("seconds")
-        return body, outcome.per_sample
-
-    (merged_body, merged_arrays), (whole_body, whole_arrays) = report(merged), report(whole)
+    (merged_body, merged_arrays), (whole_body, whole_arrays) = merged_and_whole(
+        model, mnist_test, options, spans
+    )
     assert merged_body == whole_body
     assert merged_body["attacks"][1]["cumulative"] and len(merged_body["attacks"][1]["stages"]) == 2
     assert merged_arrays.keys() == whole_arrays.keys()

@@ -17,7 +17,6 @@ from service.domain.datasets import ArrayDataset
 from service.domain.specs import CWSpec, EvaluationOptions, FMNSpec, PGDSpec
 from workers.attacks import CW, FMN, PGD
 from workers.attacks.minimum_norm import MinimumNormOutput, distances
-from workers.evaluation import engine
 from workers.evaluation.engine import EvaluationOutcome, evaluate
 from workers.models.loading import LoadedModel, from_keras
 
@@ -152,35 +151,16 @@ def test_the_search_runs_once_and_is_counted_once(outcome: EvaluationOutcome) ->
 
 
 def test_shards_merge_norms_into_the_whole_evaluation(model: LoadedModel, mnist_test: ArrayDataset) -> None:
-    from workers.evaluation.run_arrays import run_arrays
-    from workers.runners.sharded import merge_runs
+    from tests.unit.workers.evaluation.shard_helpers import merged_and_whole
 
     options = EvaluationOptions(
         attacks=[FMNSpec(eps=[0.05, 0.1], norm="linf", steps=20), PGDSpec(eps=0.1, steps=3)],
         max_samples=N, batch_size=10,
     )  # fmt: skip
-    x, y, warnings = engine._prepare(model, mnist_test, options)
-    tracker = engine._Tracker(None, None)
-    clean_pred, zero, bad, _ = engine._clean_pass(model, x, y, options.batch_size, tracker)
     spans = [range(0, 2), range(2, 5)]
-    parts = []
-    for span in spans:
-        runs = engine.attack_runs(model, x, y, clean_pred, options, tracker, batches=span)
-        parts.append({k: v for i, run in enumerate(runs) for k, v in run_arrays(run, i).items()})
-    merged = merge_runs(options, clean_pred, spans, parts)
-    whole = engine.attack_runs(model, x, y, clean_pred, options, tracker)
-
-    def report(runs: Any) -> Any:
-        outcome = engine.summarize(
-            runs, y, clean_pred, zero, bad, options, warnings=warnings, num_classes=10, model_sha256="m",
-            dataset_sha256="d", seconds=0.0,
-        )  # fmt: skip
-        body = outcome.result.model_dump(mode="json")
-        for row in [*body["attacks"], *body["minimum_norm"]]:
-            row.pop("seconds"), row.pop("samples_per_second", None)
-        return body, outcome.per_sample
-
-    (merged_body, merged_arrays), (whole_body, whole_arrays) = report(merged), report(whole)
+    (merged_body, merged_arrays), (whole_body, whole_arrays) = merged_and_whole(
+        model, mnist_test, options, spans
+    )
     assert merged_body == whole_body and len(merged_body["minimum_norm"]) == 1
     for name in whole_arrays:
         np.testing.assert_array_equal(merged_arrays[name], whole_arrays[name], err_msg=name)
