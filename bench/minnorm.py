@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from bench.strong import pass_costs  # noqa: E402
 from bench.training import recipe, train_recipe  # noqa: E402
 from service.domain.datasets import load_builtin  # noqa: E402
 from service.domain.specs import CWSpec, EvaluationOptions, FMNSpec, PGDSpec  # noqa: E402
@@ -144,6 +145,16 @@ def art_rows(keras_model: Any, x: np.ndarray, y: np.ndarray, parry_model: Any) -
     label = f"parry cw 10x{steps} (ART's passes)"
     found = float(np.isfinite(out.norms).mean())
     rows.append(show((label, median_of(out.norms), found, out.forward_passes / len(x), seconds)))
+    # What bounds the speed-up: one compiled forward+backward pass at this batch size, times Parry's passes.
+    # A Parry running exactly at that floor would still be only ART's seconds / floor faster than ART.
+    both, _ = pass_costs(keras_model, x, y, batch=len(x))
+    floor = both * out.forward_passes
+    print(
+        f"  floor of cw at ART's passes (compiled fwd+bwd {both * 1e3:.3f} ms/sample): {floor:.1f} s; "
+        f"Parry {seconds / floor:.2f}x floor, ART {art[4] / floor:.2f}x it, so no C&W at these passes "
+        f"can beat ART by more than {art[4] / floor:.1f}x here (Parry: {art[4] / seconds:.1f}x)",
+        flush=True,
+    )
     return rows
 
 

@@ -31,10 +31,20 @@ ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kept, dropped = [], []
     for item in items:
         if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
             item.add_marker(pytest.mark.e2e)
+            callspec = getattr(item, "callspec", None)
+            on_sqlite = callspec is not None and callspec.params.get("service") == "sqlite"
+            if on_sqlite and item.get_closest_marker("postgres_only"):
+                dropped.append(item)
+                continue
+        kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def free_port() -> int:
@@ -296,6 +306,15 @@ def service(
         except RuntimeError as exc:
             pytest.fail(f"{exc}\n{svc.log_tails()}")
         yield svc
+
+
+# For tests whose subject is the computation, not the storage: they run against SQLite only, since
+# what differs between the databases is covered by the tests that run on both and by tests/unit/store.
+# (The value is SQLite, the fixture's first param, so pytest keeps grouping tests by database.)
+one_database = pytest.mark.parametrize("service", ["sqlite"], indirect=True)
+# For a test whose SQLite twin runs elsewhere (test_faults.py): its SQLite variant is deselected. A
+# parametrize of ["postgres"] would share SQLite's param index and make pytest restart the service.
+postgres_only = pytest.mark.postgres_only
 
 
 def _flush(redis_url: str) -> None:

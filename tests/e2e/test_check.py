@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from service.cli.main import main
-from tests.e2e.conftest import Service, free_port
+from tests.e2e.conftest import Service, free_port, one_database
 
 CHECKS = """
 [model]
@@ -114,6 +114,7 @@ def test_check_passes_then_is_reused_then_runs_again_with_no_cache(
     assert robust[0] == robust[1]
 
 
+@one_database
 def test_check_fails_when_a_threshold_is_above_what_the_model_reaches(
     service: Service,
     e2e_files: dict[str, Path],
@@ -140,6 +141,7 @@ def test_check_fails_when_a_threshold_is_above_what_the_model_reaches(
     assert served.status_code == 200 and served.text == junit.read_text()
 
 
+@one_database
 def test_check_errors_exit_2(
     service: Service,
     e2e_files: dict[str, Path],
@@ -169,6 +171,7 @@ def test_check_errors_exit_2(
     assert "checks[0] (pgd): 'steps'" in err and err.count("\n") == 1
 
 
+@one_database
 def test_a_retried_submission_with_the_same_idempotency_key_creates_one_job(
     service: Service, e2e_files: dict[str, Path], seed: int
 ) -> None:

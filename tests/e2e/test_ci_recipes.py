@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import ROOT, Service
+from tests.e2e.conftest import ROOT, Service, one_database
 
 CHECKS = """
 [model]
@@ -93,7 +93,7 @@ def _project(tmp_path: Path, files: dict[str, Path], *, bar: float) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("service", ["sqlite"], indirect=True)
+@one_database
 def test_the_github_action_installs_the_client_and_runs_parry_check(
     service: Service, e2e_files: dict[str, Path], client_venv: Path, tmp_path: Path
 ) -> None:
@@ -120,7 +120,7 @@ def test_the_github_action_installs_the_client_and_runs_parry_check(
     assert failure is not None and "below the required 100.0%" in str(failure.get("message"))
 
 
-@pytest.mark.parametrize("service", ["sqlite"], indirect=True)
+@one_database
 def test_the_gitlab_template_runs_parry_check(
     service: Service, e2e_files: dict[str, Path], client_venv: Path, tmp_path: Path
 ) -> None:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Service
+from tests.e2e.conftest import Service, one_database
+
+pytestmark = one_database
 
 SPEC = {
     "dataset_id": "builtin:mnist-5k:test",

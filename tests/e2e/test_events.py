@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from service.cli.client import ParryClient
-from tests.e2e.conftest import Service
+from tests.e2e.conftest import Service, one_database
+
+pytestmark = one_database
 
 SMALL = {
     "dataset_id": "builtin:mnist-5k:test",

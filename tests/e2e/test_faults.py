@@ -9,7 +9,11 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import RedisServer, Service
+from tests.e2e.conftest import RedisServer, Service, one_database
+
+# What these faults exercise is the queue, the leases and the processes; test_service.py repeats the
+# API restart and the killed worker on PostgreSQL.
+pytestmark = one_database
 
 TIMING = {"seconds", "samples_per_second", "eta_seconds"}
 

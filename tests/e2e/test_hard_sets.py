@@ -6,12 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.e2e.conftest import Service
+from tests.e2e.conftest import Service, one_database
 from tests.modelzoo import digits_softmax_file
 
-pytestmark = pytest.mark.parametrize("service", ["sqlite"], indirect=True)
+pytestmark = one_database
 
 
 def _ready(service: Service, path: Path) -> dict[str, Any]:

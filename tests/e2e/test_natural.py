@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from service.domain.datasets import load_builtin
-from tests.e2e.conftest import Service
+from tests.e2e.conftest import Service, one_database
+
+pytestmark = one_database
 
 
 @pytest.fixture(scope="session")

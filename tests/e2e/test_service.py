@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from service.domain.specs import EvaluationOptions
-from tests.e2e.conftest import RedisServer, Service
+from tests.e2e.conftest import RedisServer, Service, one_database, postgres_only
 from tests.sandboxing import child_processes
 
 ATTACKS: list[dict[str, Any]] = [
@@ -93,6 +93,7 @@ def test_uploaded_models_become_ready_with_their_shapes(ready_models: dict[str, 
         assert model["format"] == {"saved_model_zip": "saved_model", "keras": "keras"}[kind]
 
 
+@one_database
 @pytest.mark.parametrize("kind", ["saved_model_tgz", "h5", "keras_softmax"])
 def test_the_other_formats_become_ready(service: Service, e2e_files: dict[str, Path], kind: str) -> None:
     response = service.upload_model(e2e_files[kind])
@@ -128,6 +129,7 @@ def _assert_sentence(text: str) -> None:
     assert len(text) < 400, text
 
 
+@one_database
 def test_unloadable_models_are_rejected_with_a_sentence(
     service: Service, e2e_files: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -140,6 +142,7 @@ def test_unloadable_models_are_rejected_with_a_sentence(
         _assert_sentence(_rejection(service, path))
 
 
+@one_database
 def test_a_keras_model_with_a_lambda_layer_is_rejected(service: Service, tmp_path: Path) -> None:
     import keras
 
@@ -156,6 +159,7 @@ def test_a_keras_model_with_a_lambda_layer_is_rejected(service: Service, tmp_pat
 # ---- evaluations ---------------------------------------------------------------------------
 
 
+@one_database
 @pytest.mark.parametrize("kind", ["saved_model_zip", "keras"])
 def test_evaluation_matches_the_in_process_engine(
     service: Service,
@@ -200,6 +204,7 @@ def test_evaluation_matches_the_in_process_engine(
         assert report.status_code == 200 and report.json()["clean_accuracy"] == remote["clean_accuracy"]
 
 
+@one_database
 def test_builtin_dataset_and_max_samples(service: Service, ready_models: dict[str, dict[str, Any]]) -> None:
     spec = {
         "model_id": ready_models["keras"]["id"],
@@ -314,6 +319,7 @@ def _medium_job(service: Service, model_id: str) -> dict[str, Any]:
     )
 
 
+@postgres_only  # on SQLite: test_faults.py restarts the API mid-job
 def test_restarting_the_api_mid_job_loses_nothing(
     service: Service, ready_models: dict[str, dict[str, Any]]
 ) -> None:
@@ -327,6 +333,7 @@ def test_restarting_the_api_mid_job_loses_nothing(
     assert done["result"]["num_samples"] == 400
 
 
+@postgres_only  # on SQLite: test_faults.py kills a worker mid-job
 def test_a_killed_workers_job_is_finished_by_the_next_worker(
     service: Service, ready_models: dict[str, dict[str, Any]], wait_until: Callable[..., None]
 ) -> None:
@@ -343,6 +350,7 @@ def test_a_killed_workers_job_is_finished_by_the_next_worker(
     assert done["result"]["num_samples"] == 400
 
 
+@one_database
 def test_a_stopped_worker_hands_its_job_back(
     service: Service, ready_models: dict[str, dict[str, Any]]
 ) -> None:
@@ -360,6 +368,7 @@ def test_a_stopped_worker_hands_its_job_back(
     assert done["status"] == "succeeded", done
 
 
+@one_database
 def test_a_job_submitted_while_the_broker_is_down_runs_once_it_is_back(
     service: Service, ready_models: dict[str, dict[str, Any]], redis_server: RedisServer | None
 ) -> None:
@@ -410,6 +419,7 @@ class _Hooks(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@one_database
 def test_a_finished_job_is_posted_to_its_callback_url_with_retries(
     service: Service, ready_models: dict[str, dict[str, Any]]
 ) -> None:

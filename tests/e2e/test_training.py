@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from service.domain.datasets import ArrayDataset
-from tests.e2e.conftest import Service
+from tests.e2e.conftest import Service, one_database
 
-pytestmark = pytest.mark.parametrize("service", ["sqlite"], indirect=True)
+pytestmark = one_database
 
 PGD20 = {"name": "pgd", "eps": 0.2, "steps": 20}
 FGSM_RS: dict[str, Any] = {

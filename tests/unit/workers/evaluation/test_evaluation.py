@@ -112,8 +112,11 @@ def test_cost_counts_the_engine_work(outcome: EvaluationOutcome) -> None:
     assert result.cost.backward_passes == N + sum(a.cost.backward_passes for a in result.attacks)
 
 
-def test_no_warning_on_a_normal_cnn(outcome: EvaluationOutcome) -> None:
-    assert outcome.result.warnings == []
+def test_no_masking_warning_on_a_normal_cnn(outcome: EvaluationOutcome) -> None:
+    # Whether 10-step PGD's last restart still breaks a sample or two depends on the trained weights
+    # (the convergence note); any other warning would be a false alarm of gradient masking.
+    masking = [w for w in outcome.result.warnings if "the last restart of" not in w]
+    assert masking == []
 
 
 def test_per_sample_file_round_trips(outcome: EvaluationOutcome, tmp_path: Path) -> None:

@@ -99,20 +99,21 @@ def test_distance_to_clean_grows_with_severity_on_colour(colour: np.ndarray, nam
 
 
 @pytest.mark.parametrize("name", ["gaussian_noise", "shot_noise", "impulse_noise"])
-def test_accuracy_does_not_rise_with_severity_for_noise(
+def test_more_severe_noise_moves_more_predictions_off_the_clean_ones(
     mnist_cnn: Any, mnist_test: ArrayDataset, name: str
 ) -> None:
+    # Accuracy itself need not fall with mild noise (a CNN's accuracy rose from 94.0% to 95.0% under
+    # CIFAR-C's Gaussian noise on these 500 digits); the predictions it changes must grow in number.
     x = np.asarray(mnist_test.x[:500], np.float32)
-    y = np.asarray(mnist_test.y[:500])
-    accuracies = []
+    clean = np.argmax(mnist_cnn.predict(x, batch_size=500, verbose=0), axis=1)
+    changed = []
     for severity in names.SEVERITIES:
         noisy = corrupt(x, name, severity, seed=0, low=0.0, high=1.0)
         pred = np.argmax(mnist_cnn.predict(noisy, batch_size=500, verbose=0), axis=1)
-        accuracies.append(float((pred == y).mean()))
-    # The same 500 samples: one more or less right is noise of the draw, not a trend.
-    assert all(b <= a + 2 / 500 for a, b in zip(accuracies, accuracies[1:], strict=False)), accuracies
-    clean = float((np.argmax(mnist_cnn.predict(x, batch_size=500, verbose=0), axis=1) == y).mean())
-    assert accuracies[-1] <= clean + 2 / 500
+        changed.append(int((pred != clean).sum()))
+    # The same 500 samples: two more or fewer is noise of the draw, not a trend.
+    assert all(b >= a - 2 for a, b in zip(changed, changed[1:], strict=False)), changed
+    assert changed[-1] > changed[0], changed
 
 
 def test_shot_noise_has_poisson_statistics() -> None:
