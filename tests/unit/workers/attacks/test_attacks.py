@@ -102,7 +102,11 @@ def test_pgd_is_at_least_as_strong_as_fgsm(
     assert (pgd.pred == y).mean() <= (fgsm.pred == y).mean()
 
 
-@pytest.mark.parametrize("attack", [FGSM(), PGD(steps=5), PGD(steps=5, norm="l2", restarts=2)], ids=str)
+@pytest.mark.parametrize(
+    "attack",
+    [FGSM(), PGD(steps=5), PGD(steps=5, norm="l2", restarts=2)],
+    ids=["fgsm", "pgd-linf", "pgd-l2-restarts"],  # stable ids: the xdist processes must collect the same
+)
 def test_eps_zero_returns_the_clean_inputs(
     attack: FGSM | PGD, model: LoadedModel, batch: tuple[np.ndarray, np.ndarray], clean_pred: np.ndarray
 ) -> None:
