@@ -214,7 +214,12 @@ def test_a_worker_shutting_down_hands_the_job_back_with_its_checkpoint(
     job_id = _job(ctx, model_id, evaluate=[], epochs=2, batch_size=8, overfit_guard=False)
 
     def shut_down_once_training() -> None:
-        wait_until(lambda: (ctx.store.get_job(job_id).progress or {}).get("stage", "").startswith("epoch "))
+        # The child imports TensorFlow and loads the model before its first epoch: under a loaded
+        # machine that took over 30 s (2026-12-02), so the wait is long; it returns at the first epoch.
+        wait_until(
+            lambda: (ctx.store.get_job(job_id).progress or {}).get("stage", "").startswith("epoch "),
+            timeout=300,
+        )
         heartbeat.SHUTTING_DOWN.set()
 
     thread = threading.Thread(target=shut_down_once_training)
