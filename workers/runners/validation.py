@@ -22,7 +22,9 @@ from workers.sandbox.protocol import ChildDied, ChildError, ChildStopped, ChildT
 log = logging.getLogger(__name__)
 
 MAX_VALIDATION_ATTEMPTS = DEFAULT_MAX_ATTEMPTS
-# The validation's heartbeat keeps the model off the reconciler's list of lost validations.
+# The validation's heartbeat keeps the model off the reconciler's list of lost validations; it beats at
+# least three times within that list's cutoff, or a validation slower than the cutoff ran twice at once
+# (seen with a 5 s cutoff: a second worker validated the same model while the first was loading it).
 _TOUCH_EVERY_S = 15.0
 
 
@@ -50,7 +52,7 @@ def validate_model(ctx: WorkerContext, model_id: str) -> str | None:
     heartbeat = Heartbeat(
         lambda _progress: ctx.store.touch_model_validation(model_id),
         time_limit_s=limit,
-        renew_every_s=_TOUCH_EVERY_S,
+        renew_every_s=min(_TOUCH_EVERY_S, ctx.settings.requeue_queued_after_s / 3),
     )
     try:
         with (

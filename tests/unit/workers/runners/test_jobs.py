@@ -54,6 +54,39 @@ def test_validate_marks_a_good_model_ready_and_a_bad_one_rejected(
     assert validation.validate_model(ctx, "mdl_missing") is None
 
 
+def test_a_validation_slower_than_the_reconcilers_cutoff_never_looks_lost(
+    tmp_path: Path, digits_keras: Path
+) -> None:
+    """Its heartbeat beats within the cutoff, so no second worker is sent the same validation."""
+    from service.settings import Settings
+    from tests.workerkit import worker_context
+
+    cutoff = 1.5
+    settings = Settings(data_dir=tmp_path, redis_url="redis://unused", requeue_queued_after_s=cutoff)
+    with worker_context(settings) as ctx:
+        model_id = upload_model(ctx, digits_keras)
+        seen_lost: list[float] = []
+        done = threading.Event()
+
+        def watch() -> None:  # what the reconciler asks, polled far more often than it does
+            while not done.is_set():
+                if ctx.store.stale_validating_models(older_than_seconds=cutoff):
+                    seen_lost.append(time.monotonic())
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        started = time.monotonic()
+        try:
+            assert validation.validate_model(ctx, model_id) == "ready"
+        finally:
+            done.set()
+            watcher.join()
+        # A cold child imports TensorFlow first: the validation outlasted the cutoff, so the check bites.
+        assert time.monotonic() - started > 2 * cutoff
+        assert seen_lost == []
+
+
 def test_a_model_whose_validation_keeps_killing_workers_is_rejected(
     ctx: WorkerContext, digits_keras: Path
 ) -> None:
