@@ -110,12 +110,21 @@ def test_cancelling_a_hanging_job_kills_its_child(
 def test_a_model_whose_child_runs_out_of_memory_is_rejected_and_the_worker_lives(
     tmp_path: Path, digits_keras: Path
 ) -> None:
-    settings = Settings(data_dir=tmp_path, redis_url="redis://unused", sandbox_memory_limit_bytes=300 * 2**20)
+    settings = Settings(
+        data_dir=tmp_path,
+        redis_url="redis://unused",
+        sandbox_memory_limit_bytes=300 * 2**20,
+        validation_time_limit_s=60,
+    )
     with worker_context(settings) as ctx:
         model_id = upload_model(ctx, digits_keras)
         assert validation.validate_model(ctx, model_id) == "rejected"  # TensorFlow alone needs more
         rejection = ctx.store.get_model(model_id).rejection
-        assert rejection and "the model's process ended" in rejection
+        # Usually the child dies of the limit. In 2 of 4 full runs (2026-12-01/02) it hung instead, after
+        # importing TensorFlow (an allocation failing inside it): then the time limit is what ends it.
+        ended = "the model's process ended"
+        timed_out = "validating this model took longer than 60 s"
+        assert rejection and (ended in rejection or timed_out in rejection), rejection
         assert not _no_child_left(ctx)
 
 

@@ -211,11 +211,13 @@ def test_a_worker_shutting_down_hands_the_job_back_with_its_checkpoint(
     from workers.runtime import heartbeat
 
     model_id = _ready_model(ctx, digits_keras)
-    job_id = _job(ctx, model_id, evaluate=[], epochs=2, batch_size=8, overfit_guard=False)
+    # Ten epochs: progress reaches the store once a second, and two short epochs could run between two
+    # writes, so that no "epoch" stage was ever seen (2026-12-02, twice).
+    job_id = _job(ctx, model_id, evaluate=[], epochs=10, batch_size=8, overfit_guard=False)
 
     def shut_down_once_training() -> None:
-        # The child imports TensorFlow and loads the model before its first epoch: under a loaded
-        # machine that took over 30 s (2026-12-02), so the wait is long; it returns at the first epoch.
+        # The child imports TensorFlow and loads the model before its first epoch: a minute or more
+        # under load, so the wait is long; it returns at the first epoch written.
         wait_until(
             lambda: (ctx.store.get_job(job_id).progress or {}).get("stage", "").startswith("epoch "),
             timeout=300,
