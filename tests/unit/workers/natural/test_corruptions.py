@@ -105,15 +105,19 @@ def test_more_severe_noise_moves_more_predictions_off_the_clean_ones(
     # Accuracy itself need not fall with mild noise (a CNN's accuracy rose from 94.0% to 95.0% under
     # CIFAR-C's Gaussian noise on these 500 digits); the predictions it changes must grow in number.
     x = np.asarray(mnist_test.x[:500], np.float32)
-    clean = np.argmax(mnist_cnn.predict(x, batch_size=500, verbose=0), axis=1)
-    changed = []
+    clean_logits = mnist_cnn.predict(x, batch_size=500, verbose=0)
+    clean = np.argmax(clean_logits, axis=1)
+    changed, drift = [], []
     for severity in names.SEVERITIES:
         noisy = corrupt(x, name, severity, seed=0, low=0.0, high=1.0)
-        pred = np.argmax(mnist_cnn.predict(noisy, batch_size=500, verbose=0), axis=1)
-        changed.append(int((pred != clean).sum()))
+        logits = mnist_cnn.predict(noisy, batch_size=500, verbose=0)
+        changed.append(int((np.argmax(logits, axis=1) != clean).sum()))
+        drift.append(float(np.abs(logits - clean_logits).mean()))
     # The same 500 samples: two more or fewer is noise of the draw, not a trend.
     assert all(b >= a - 2 for a, b in zip(changed, changed[1:], strict=False)), changed
-    assert changed[-1] > changed[0], changed
+    # The trend itself, in the logits: one session's CNN changed 1 prediction at every severity of shot
+    # noise (2026-12-02), so a count alone cannot show it.
+    assert all(b > a for a, b in zip(drift, drift[1:], strict=False)), drift
 
 
 def test_shot_noise_has_poisson_statistics() -> None:
