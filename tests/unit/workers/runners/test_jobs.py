@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from service.domain.tasks import DELIVER_CALLBACK, RUN_EVALUATION
-from tests.workerkit import DIGITS_FGSM, Sent, evaluation_job, ready_model, upload_model
+from service.settings import Settings
+from tests.workerkit import DIGITS_FGSM, Sent, evaluation_job, ready_model, upload_model, worker_context
 from workers.context import WorkerContext
 from workers.runners import evaluation as jobs
 from workers.runners import validation
@@ -58,9 +59,6 @@ def test_a_validation_slower_than_the_reconcilers_cutoff_never_looks_lost(
     tmp_path: Path, digits_keras: Path
 ) -> None:
     """Its heartbeat beats within the cutoff, so no second worker is sent the same validation."""
-    from service.settings import Settings
-    from tests.workerkit import worker_context
-
     cutoff = 1.5
     settings = Settings(data_dir=tmp_path, redis_url="redis://unused", requeue_queued_after_s=cutoff)
     with worker_context(settings) as ctx:
