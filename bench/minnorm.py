@@ -1,8 +1,8 @@
 """Minimum-norm attacks side by side: Parry's cw and fmn against ART's CarliniL2Method and Foolbox's C&W/FMN.
 
-Two models: the clean CNN of the bench recipes (5 epochs) and an adversarially trained one (`--robust`,
-default trades), both loaded from `--cache` when there (bench/strong.py trains and caches them the same
-way). On the first `--samples` images of builtin:mnist-5k:test (ART and Foolbox on the first
+Models by `--models` (default: the clean CNN of the bench recipes, 5 epochs, and trades, 20 epochs),
+trained and cached by bench/strong.py's `trained_models`, so a file in `--cache` is the same model for both
+scripts. On the first `--samples` images of builtin:mnist-5k:test (ART and Foolbox on the first
 `--peer-samples`, their loops being slow), per attack: median L2 of the minimal adversarials over the
 clean-correct samples (inf counts as inf), the share found, model passes per sample, and seconds.
 
@@ -32,34 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from bench.strong import pass_costs  # noqa: E402
-from bench.training import recipe, train_recipe  # noqa: E402
+from bench.strong import RECIPES, pass_costs, trained_models  # noqa: E402
 from service.domain.datasets import load_builtin  # noqa: E402
 from service.domain.specs import CWSpec, EvaluationOptions, FMNSpec, PGDSpec  # noqa: E402
-from tests.modelzoo import small_cnn, train_clean  # noqa: E402
 from workers.evaluation.engine import evaluate  # noqa: E402
 from workers.models.loading import from_keras  # noqa: E402
 
-RECIPES = {"trades": ("trades", 10), "pgd-10": ("pgd", 20), "fgsm-rs-random": ("fgsm-rs", 15)}
 Row = tuple[str, float, float, float, float]  # label, median L2, found share, passes per sample, seconds
-
-
-def model_named(name: str, cache: Path) -> Any:
-    import keras
-
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"{name}.keras"
-    if path.exists():
-        return keras.models.load_model(path)
-    train_data = load_builtin("builtin:mnist-5k:train")
-    if name == "clean":
-        model = train_clean(small_cnn(), train_data, epochs=5, seed=0)
-    else:
-        entry, epochs = RECIPES[name]
-        model = train_recipe(model_named("clean", cache), train_data, recipe(entry, epochs=epochs))[0]
-        model = model.keras_model
-    model.save(path)
-    return model
 
 
 def median_of(norms: np.ndarray) -> float:
@@ -214,8 +193,9 @@ def main() -> None:
     data = load_builtin("builtin:mnist-5k:test")
     x = np.asarray(data.x[: args.peer_samples], np.float32).reshape(-1, 28, 28, 1)
     y = np.asarray(data.y[: args.peer_samples], np.int64)
-    for name in args.models.split(","):
-        keras_model = model_named(name, args.cache)
+    # strong.py's models and cache names: one file in --cache is one model, whichever script trained it.
+    names = args.models.split(",")
+    for name, keras_model in trained_models(names, args.cache).items():
         print(f"\n== {name}: Parry on {args.samples} images, ART/Foolbox on {args.peer_samples}", flush=True)
         print(f"  {'attack':<36} {'median L2':>9} {'found':>6} {'passes/sample':>13} {'seconds':>8}")
         if not args.no_parry:
